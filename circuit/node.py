@@ -1,0 +1,109 @@
+"""The contracts every node and gate honours. The engine knows nodes only through these classes.
+
+A node is built like a scikit-learn estimator: ``__init__`` only validates and stores parameters (cheap, no
+weights), ``warm_up()`` loads what it needs (idempotent), ``fit`` learns from the mamabear's answers, learned
+state ends in ``_``. Parameters are a pydantic model with ``extra="forbid"`` so a YAML typo is caught with the
+list of valid names.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .types import Prediction
+
+
+class Params(BaseModel):
+    """Base for node and gate parameters: unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Node(ABC):
+    """A model that answers a batch of texts with entity spans and gate evidence.
+
+    Subclasses set ``Params`` (a :class:`Params` model) and ``role``: ``"babybear"`` nodes learn from the
+    mamabear in :meth:`fit`; the single ``"mamabear"`` node is the reference and the circuit's sink.
+    ``device`` says where it runs (``"cpu"`` or ``"gpu"``), so the scheduler can overlap them.
+    """
+
+    Params: ClassVar[type[Params]] = Params
+    role: ClassVar[Literal["babybear", "mamabear"]] = "babybear"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+        self.cost_: float | None = None  # seconds per token, measured by measure_cost()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load weights and other heavy state. Called before use; must be cheap to call again."""
+
+    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> Node:
+        """Learn from the mamabear's answers ``reference`` on ``texts``. Mamabears ignore this."""
+        return self
+
+    @abstractmethod
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        """One Prediction per text, same order. Must accept empty and odd texts without raising."""
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def to_disk(self, path: Path) -> None:
+        """Write learned state into the folder ``path`` (which exists). No pickle."""
+
+    def from_disk(self, path: Path) -> Node:
+        """Read learned state written by :meth:`to_disk`; returns self."""
+        return self
+
+    # -- introspection ---------------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def is_fitted(self) -> bool:
+        return True
+
+    def get_params(self) -> dict[str, Any]:
+        return self.params.model_dump()
+
+    def measure_cost(self, texts: Sequence[str], n_tokens: int) -> list[Prediction]:
+        """Run on ``texts``, store seconds per token in ``cost_``, and return the predictions."""
+        start = time.perf_counter()
+        out = self.predict_batch(texts)
+        self.cost_ = (time.perf_counter() - start) / max(n_tokens, 1)
+        return out
+
+
+class Gate(ABC):
+    """A calibrated estimate of P(the source node's answer equals the mamabear's), from the source's evidence."""
+
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params(**params)
+
+    @abstractmethod
+    def fit(self, evidence: Sequence[dict[str, float]], agrees: Sequence[bool]) -> Gate:
+        """Learn from held-out evidence and whether the source agreed with the mamabear."""
+
+    @abstractmethod
+    def score(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        """P(agree) for each evidence dict, in [0, 1]."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """Learned state as plain JSON-able data."""
+
+    @abstractmethod
+    def load_dict(self, state: dict[str, Any]) -> Gate:
+        """Restore state from :meth:`to_dict`; returns self."""
+
+    def get_params(self) -> dict[str, Any]:
+        return self.params.model_dump()

@@ -1,0 +1,102 @@
+"""Subword token classifiers → character spans, for any tokenizer that reports offsets and word ids.
+
+Long inputs are cut into overlapping token windows; every token takes its probabilities from the window in
+which it sits furthest from an edge, so an entity that straddles a window boundary is still seen whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from circuit.types import Prediction, Span
+
+
+def token_windows(n_tokens: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Half-open token ranges of at most ``size`` tokens, each starting ``stride`` after the last, covering all."""
+    if size <= 0 or not 0 < stride <= size:
+        raise ValueError(f"need 0 < stride <= size, got size={size} stride={stride}")
+    if n_tokens <= size:
+        return [(0, n_tokens)]
+    starts = list(range(0, n_tokens - size, stride)) + [n_tokens - size]
+    return [(s, s + size) for s in starts]
+
+
+def stitch(n_tokens: int, windows: Sequence[tuple[int, int]], probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-token probabilities for the whole text from per-window ones (each ``(end - start, n_labels)``)."""
+    out = np.zeros((n_tokens, probs[0].shape[1] if probs else 1), dtype=np.float32)
+    best = np.full(n_tokens, -1.0)
+    for (s, e), p in zip(windows, probs):
+        idx = np.arange(s, e)
+        centrality = np.minimum(idx - s, e - 1 - idx).astype(float)
+        take = centrality > best[s:e]
+        out[idx[take]] = p[take]
+        best[s:e] = np.where(take, centrality, best[s:e])
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def decode(
+    offsets: Sequence[tuple[int, int]],
+    word_ids: Sequence[int | None],
+    probs: np.ndarray,
+    id2label: dict[int, str],
+    keep_token_probs: bool = False,
+) -> Prediction:
+    """BIO-decode word-level labels (each word labelled by its first subword) into character spans.
+
+    ``offsets``/``word_ids`` are per token (special tokens have word id None and are skipped). Evidence: the
+    log-probability of the decoded word sequence, the weakest word's probability, the mean, the weakest
+    probability inside an entity, and counts.
+    """
+    words: list[tuple[int, int, np.ndarray]] = []  # (start, end, probs of the first subword)
+    last = None
+    for (s, e), w, p in zip(offsets, word_ids, probs):
+        if w is None or e <= s:
+            continue
+        if w == last:
+            words[-1] = (words[-1][0], e, words[-1][2])
+        else:
+            words.append((s, e, p))
+            last = w
+    spans: list[Span] = []
+    cur: list | None = None  # [start, end, type]
+    word_p = np.empty(len(words))
+    ent_p: list[float] = []
+    for i, (s, e, p) in enumerate(words):
+        k = int(p.argmax())
+        word_p[i] = p[k]
+        tag = id2label[k]
+        prefix, _, typ = tag.partition("-")
+        if tag == "O" or not typ:
+            if cur:
+                spans.append(Span(*cur))
+            cur = None
+            continue
+        ent_p.append(float(p[k]))
+        if prefix == "I" and cur and cur[2] == typ:
+            cur[1] = e
+        else:
+            if cur:
+                spans.append(Span(*cur))
+            cur = [s, e, typ]
+    if cur:
+        spans.append(Span(*cur))
+    evidence = {
+        "log_seq_prob": float(np.log(np.clip(word_p, 1e-12, 1)).sum()) if len(words) else 0.0,
+        "min_prob": float(word_p.min()) if len(words) else 1.0,
+        "mean_prob": float(word_p.mean()) if len(words) else 1.0,
+        "min_entity_prob": min(ent_p) if ent_p else 1.0,
+        "n_words": float(len(words)),
+        "n_spans": float(len(spans)),
+    }
+    token_probs = None
+    if keep_token_probs:
+        token_probs = [(s, e, {id2label[j]: float(v) for j, v in enumerate(p)}) for s, e, p in words]
+    return Prediction(spans=tuple(spans), evidence=evidence, token_probs=token_probs)
