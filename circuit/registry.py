@@ -45,8 +45,13 @@ class Registry(Generic[T]):
         return cls
 
     def name_of(self, cls: type) -> str:
-        for name in self.names():
-            if self.get(name) is cls:
+        """The registered name of ``cls``, found without importing any other plug-in."""
+        for name, known in self._classes.items():
+            if known is cls:
+                return name
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        for name, ep in self._entry_points().items():
+            if ep.value == target:
                 return name
         raise BabybearError(f"{cls.__qualname__} is not registered in {self.group}; register it first")
 

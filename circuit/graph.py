@@ -1,0 +1,387 @@
+"""The Circuit: a networkx DAG of nodes whose edges carry calibrated gates and thresholds.
+
+Three doors open onto it: the Python builder (``Circuit().add(...).connect(...)``), YAML
+(``Circuit.from_yaml``), and the spaCy component / CLI, which load a fitted circuit folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import yaml
+
+from . import registry
+from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError
+from .metrics import entity_f1, seqeval_f1
+from .node import Gate, Node
+from .progress import track
+from .routing import CachedRun, Edge, Topology, merge
+from .schema import Budget, CircuitSpec, load_spec, validate
+from .text import n_tokens, split_text, stitch_spans
+from .tuning import per_edge_thresholds
+from .types import Answer, Prediction, Span
+
+MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
+
+
+class Circuit:
+    """A DAG of babybears in front of one mamabear. Builder methods return ``self``."""
+
+    def __init__(self, name: str = "circuit", budget: Budget | dict | None = None) -> None:
+        self.name = name
+        self.budget = budget if isinstance(budget, Budget) else Budget(**(budget or {}))
+        self.graph = nx.DiGraph()
+        self.report_: dict[str, Any] = {}
+
+    # -- building ----------------------------------------------------------------------------------------------
+    def add(self, name: str, node: Node, labels: Iterable[str] | None = None) -> Circuit:
+        """Add ``node`` under ``name``; ``labels`` limits the labels it answers for (all by default)."""
+        if name in self.graph:
+            raise BabybearError(f"node '{name}' already exists; nodes: {', '.join(self.graph)}")
+        self.graph.add_node(name, node=node, labels=frozenset(labels) if labels is not None else None)
+        return self
+
+    def connect(self, source: str, target: str, gate: Gate | None = None, threshold: float | None = None) -> Circuit:
+        """Add the edge ``source -> target`` guarded by ``gate`` (a CalibratedGate by default)."""
+        for end in (source, target):
+            if end not in self.graph:
+                raise BabybearError(f"no node named '{end}'; nodes: {', '.join(self.graph)}")
+        if gate is None:
+            gate = registry.gates.get("babybear.CalibratedGate.v1")()
+        self.graph.add_edge(source, target, gate=gate, threshold=threshold)
+        return self
+
+    # -- description -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        nodes = {}
+        for name, data in self.graph.nodes(data=True):
+            spec: dict[str, Any] = {"type": registry.nodes.name_of(type(data["node"]))}
+            params = data["node"].params.model_dump(exclude_defaults=True)
+            if params:
+                spec["params"] = params
+            if data["labels"] is not None:
+                spec["labels"] = sorted(data["labels"])
+            nodes[name] = spec
+        edges = []
+        for s, t, data in self.graph.edges(data=True):
+            gate: dict[str, Any] = {"type": registry.gates.name_of(type(data["gate"]))}
+            gparams = data["gate"].params.model_dump(exclude_defaults=True)
+            if gparams:
+                gate["params"] = gparams
+            edge: dict[str, Any] = {"source": s, "target": t, "gate": gate}
+            if data["threshold"] is not None:
+                edge["threshold"] = round(float(data["threshold"]), 10)
+            edges.append(edge)
+        return {"version": 1, "name": self.name, "budget": self.budget.model_dump(exclude_defaults=True), "nodes": nodes, "edges": edges}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_spec(cls, spec: CircuitSpec) -> Circuit:
+        circuit = cls(spec.name, spec.budget)
+        for name, n in spec.nodes.items():
+            circuit.add(name, registry.nodes.get(n.type)(**n.params), n.labels)
+        for e in spec.edges:
+            circuit.connect(e.source, e.target, registry.gates.get(e.gate.type)(**e.gate.params), e.threshold)
+        return circuit
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Circuit:
+        return cls.from_spec(load_spec(data))
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> Circuit:
+        """Read a circuit from a YAML file path or a YAML string; every problem is reported at once."""
+        return cls.from_spec(load_spec(source))
+
+    def validate(self) -> Circuit:
+        spec = CircuitSpec.model_validate(self.to_dict())
+        problems = validate(spec)
+        if problems:
+            raise CircuitValidationError(problems)
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Circuit) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Circuit({self.name!r}, nodes={list(self.graph)}, edges={list(self.graph.edges)})"
+
+    # -- structure ---------------------------------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        return self.graph.nodes[name]["node"]
+
+    @property
+    def mamabear(self) -> str:
+        names = [n for n, d in self.graph.nodes(data=True) if d["node"].role == "mamabear"]
+        if len(names) != 1:
+            raise BabybearError(f"a circuit needs exactly one mamabear node, found {len(names)}")
+        return names[0]
+
+    @property
+    def topology(self) -> Topology:
+        order = list(nx.lexicographical_topological_sort(self.graph))
+        labels = {n: self.graph.nodes[n]["labels"] for n in order}
+        return Topology(order, list(self.graph.edges), labels, self.mamabear)
+
+    @property
+    def thresholds(self) -> dict[Edge, float]:
+        return {(s, t): d["threshold"] for s, t, d in self.graph.edges(data=True)}
+
+    def set_thresholds(self, thresholds: dict[Edge, float]) -> Circuit:
+        for edge, value in thresholds.items():
+            self.graph.edges[edge]["threshold"] = float(value)
+        return self
+
+    def get_params(self) -> dict[str, Any]:
+        """scikit-learn style flat params: ``"crf__c1"`` for nodes, ``"crf->mamabear__threshold"`` for edges."""
+        out: dict[str, Any] = {}
+        for name in self.graph:
+            out.update({f"{name}__{k}": v for k, v in self.node(name).get_params().items()})
+        out.update({f"{s}->{t}__threshold": d["threshold"] for s, t, d in self.graph.edges(data=True)})
+        return out
+
+    def set_params(self, **params: Any) -> Circuit:
+        for key, value in params.items():
+            target, _, attr = key.partition("__")
+            if "->" in target and attr == "threshold":
+                s, _, t = target.partition("->")
+                if not self.graph.has_edge(s, t):
+                    raise BabybearError(f"{key}: no edge {s} -> {t}; edges: {', '.join(f'{a}->{b}' for a, b in self.graph.edges)}")
+                self.graph.edges[s, t]["threshold"] = float(value)
+            elif target in self.graph:
+                node = self.node(target)
+                node.params = node.Params(**{**node.get_params(), attr: value})
+            else:
+                raise BabybearError(f"{key}: unknown parameter; use NODE__PARAM or SOURCE->TARGET__threshold")
+        return self
+
+    def warm_up(self) -> Circuit:
+        for name in self.graph:
+            self.node(name).warm_up()
+        return self
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def _predict(self, name: str, texts: Sequence[str], batch_size: int, progress: bool) -> list[Prediction]:
+        node = self.node(name)
+        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        out: list[Prediction] = []
+        for batch in track(batches, len(texts), f"{name:>12}", progress and len(batches) > 1, size=len):
+            preds = node.predict_batch(batch)
+            if len(preds) != len(batch):
+                raise BabybearError(f"node '{name}' returned {len(preds)} predictions for {len(batch)} texts")
+            out += preds
+        return out
+
+    def route(self, units: Sequence[str], batch_size: int = 256, progress: bool = False) -> tuple[list[tuple[Span, ...]], list[str], dict]:
+        """Route text units through the circuit: (answers, answering node, per-node stats)."""
+        topo = self.topology
+        thresholds = self.thresholds
+        if any(v is None for v in thresholds.values()):
+            raise NotFittedError("the circuit has edges without thresholds: fit it (Circuit.fit) or load a fitted one")
+        n = len(units)
+        reach = {name: np.zeros(n, dtype=bool) for name in topo.order}
+        for r in topo.roots:
+            reach[r][:] = True
+        preds: dict[str, dict[int, Prediction]] = {name: {} for name in topo.order}
+        stats: dict[str, dict[str, float]] = {}
+        for name in topo.order:
+            idx = np.flatnonzero(reach[name])
+            start = time.perf_counter()
+            out = self._predict(name, [units[i] for i in idx], batch_size, progress) if len(idx) else []
+            stats[name] = {"texts": int(len(idx)), "seconds": time.perf_counter() - start}
+            preds[name] = dict(zip(idx.tolist(), out))
+            for succ in self.graph.successors(name):
+                data = self.graph.edges[name, succ]
+                scores = data["gate"].score([p.evidence for p in out])
+                reach[succ][idx[scores < data["threshold"]]] = True
+        answers, exits = [], []
+        for i in range(n):
+            visited = [name for name in topo.order if reach[name][i]]
+            answers.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
+            exits.append(visited[-1])
+        return answers, exits, stats
+
+    def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
+        """Answer every text, in order. Blank texts get no entities without running a model (``node`` None)."""
+        answers, _ = self._run(texts, ids, batch_size, progress)
+        return answers
+
+    def _run(self, texts: Sequence[str], ids: Sequence[str] | None, batch_size: int, progress: bool) -> tuple[list[Answer], dict]:
+        if ids is not None and len(ids) != len(texts):
+            raise BabybearError(f"got {len(ids)} ids for {len(texts)} texts")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise BabybearError(f"text {ids[i] if ids else i!r} is {type(t).__name__}, not str")
+        self.warm_up()
+        units, owner, chunks = [], [], []
+        for i, text in enumerate(texts):
+            parts = split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
+            chunks.append(parts)
+            for s, e, _, _ in parts:
+                units.append(text[s:e])
+                owner.append(i)
+        spans, exits, stats = self.route(units, batch_size, progress)
+        rank = {n: i for i, n in enumerate(self.topology.order)}
+        per_text: list[list[int]] = [[] for _ in texts]
+        for u, i in enumerate(owner):
+            per_text[i].append(u)
+        answers = []
+        for i, text in enumerate(texts):
+            us = per_text[i]
+            node = max((exits[u] for u in us), key=rank.__getitem__) if us else None
+            answers.append(Answer(text, stitch_spans(chunks[i], [spans[u] for u in us]), node, ids[i] if ids else None))
+        return answers, stats
+
+    # -- warm-up -----------------------------------------------------------------------------------------------
+    def fit(self, texts: Sequence[str], *, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), batch_size: int = 256, progress: bool = True) -> Circuit:
+        """Warm up on unlabeled ``texts``: the mamabear labels them, babybears learn, gates and thresholds are fitted.
+
+        The stream is deduplicated and split into train (babybears learn), calibration (gates learn) and tuning
+        (thresholds are set for the budget) parts.
+        """
+        self.validate()
+        units = list(dict.fromkeys(u for t in texts if t.strip() for u in _chunks(t)))
+        if len(units) < 20:
+            raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
+        random.Random(seed).shuffle(units)
+        a = int(len(units) * fractions[0])
+        b = a + int(len(units) * fractions[1])
+        train, calib, tune = units[:a], units[a:b], units[b:]
+        topo = self.topology
+        self.warm_up()
+        mama = self.node(topo.mamabear)
+        tokens = np.array([n_tokens(u) for u in units])
+        start = time.perf_counter()
+        ref = self._predict(topo.mamabear, units, batch_size, progress)
+        mama.cost_ = (time.perf_counter() - start) / max(int(tokens.sum()), 1)
+        for name in topo.order:
+            if name != topo.mamabear:
+                self.node(name).fit(train, ref[:a])
+        held = calib + tune
+        held_tokens = tokens[a:]
+        preds = {topo.mamabear: ref[a:]}
+        for name in topo.order:
+            if name != topo.mamabear:
+                start = time.perf_counter()
+                preds[name] = self._predict(name, held, batch_size, progress)
+                self.node(name).cost_ = (time.perf_counter() - start) / max(int(held_tokens.sum()), 1)
+        costs = {name: float(self.node(name).cost_ or 0.0) for name in topo.order}
+        run = CachedRun(topo, preds, {}, costs, held_tokens)
+        n_cal = len(calib)
+        for s, t in topo.edges_in_order():
+            gate = self.graph.edges[s, t]["gate"]
+            exits = run.exit_answers(s)
+            agrees = [exits[i] == run.reference[i].spans for i in range(run.n)]
+            gate.fit([p.evidence for p in preds[s][:n_cal]], agrees[:n_cal])
+            run.scores[(s, t)] = gate.score([p.evidence for p in preds[s]])
+        tune_rows = np.arange(n_cal, run.n)
+        tune_run = CachedRun(topo, {k: v[n_cal:] for k, v in preds.items()}, {e: v[n_cal:] for e, v in run.scores.items()}, costs, held_tokens[n_cal:])
+        self.set_thresholds(per_edge_thresholds(tune_run, self.budget.min_entity_f1))
+        outcome = run.evaluate(self.thresholds, tune_rows)
+        self.report_ = {
+            "warm_up": {"texts": len(texts), "units": len(units), "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed},
+            "budget": self.budget.model_dump(),
+            "costs_seconds_per_token": costs,
+            "gates": {f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
+            "thresholds": {f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
+            "tuning": {k: v for k, v in outcome.items() if k not in ("per_label",)},
+            "babybear_f1_alone": {n: entity_f1([p.spans for p in preds[n][n_cal:]], [p.spans for p in ref[b:]]) for n in topo.order if n != topo.mamabear},
+        }
+        return self
+
+    # -- evaluation --------------------------------------------------------------------------------------------
+    def evaluate(self, texts: Sequence[str], gold: Sequence[Sequence[Span]] | None = None, batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
+        """Run the circuit and, on the same texts, the mamabear alone; compare answers, calls and wall time."""
+        texts = [t for t in texts if t.strip()]
+        start = time.perf_counter()
+        answers, stats = self._run(texts, None, batch_size, progress)
+        circuit_seconds = time.perf_counter() - start
+        mama = self.mamabear
+        start = time.perf_counter()
+        units, owner, chunks = [], [], []
+        for i, text in enumerate(texts):
+            parts = split_text(text, MAX_CHARS, OVERLAP)
+            chunks.append(parts)
+            units += [text[s:e] for s, e, _, _ in parts]
+            owner += [i] * len(parts)
+        ref_units = self._predict(mama, units, batch_size, progress)
+        mama_seconds = time.perf_counter() - start
+        ref, k = [], 0
+        for parts in chunks:
+            ref.append(stitch_spans(parts, [p.spans for p in ref_units[k : k + len(parts)]]))
+            k += len(parts)
+        answered = {n: 0 for n in self.topology.order}
+        for a in answers:
+            answered[a.node] += 1
+        report: dict[str, Any] = {
+            "texts": len(texts),
+            "texts_per_node": answered,
+            "mamabear_calls_avoided": 1.0 - stats[mama]["texts"] / max(len(units), 1),
+            "entity_f1_vs_mamabear": seqeval_f1(texts, [a.spans for a in answers], ref),
+            "wall_time_ratio": circuit_seconds / max(mama_seconds, 1e-9),
+            "circuit_seconds": circuit_seconds,
+            "mamabear_alone_seconds": mama_seconds,
+            "node_cost_seconds_per_text": {n: s["seconds"] / s["texts"] if s["texts"] else 0.0 for n, s in stats.items()},
+            "node_texts_reached": {n: s["texts"] for n, s in stats.items()},
+        }
+        if gold is not None:
+            report["entity_f1_vs_gold"] = {"circuit": seqeval_f1(texts, [a.spans for a in answers], gold), "mamabear": seqeval_f1(texts, ref, gold)}
+        return report
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted circuit to a folder: circuit.yaml, nodes/<name>/, gates/<source>--<target>.json, report.json."""
+        path = Path(path)
+        (path / "nodes").mkdir(parents=True, exist_ok=True)
+        (path / "gates").mkdir(exist_ok=True)
+        self.to_yaml(path / "circuit.yaml")
+        for name in self.graph:
+            (path / "nodes" / name).mkdir(exist_ok=True)
+            self.node(name).to_disk(path / "nodes" / name)
+        for s, t, data in self.graph.edges(data=True):
+            (path / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
+        costs = {n: self.node(n).cost_ for n in self.graph}
+        (path / "report.json").write_text(json.dumps({**self.report_, "costs_seconds_per_token": costs}, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        """Load a folder written by :meth:`save`. Reads YAML, JSON, and each node's own files; runs no code from it."""
+        path = Path(path)
+        if not (path / "circuit.yaml").is_file():
+            raise ArtifactError(f"{path}: not a fitted circuit folder (no circuit.yaml)")
+        circuit = cls.from_spec(load_spec(path / "circuit.yaml"))
+        for name in circuit.graph:
+            folder = path / "nodes" / name
+            if not folder.is_dir():
+                raise ArtifactError(f"{folder}: missing node folder for '{name}'")
+            circuit.node(name).from_disk(folder)
+        for s, t, data in circuit.graph.edges(data=True):
+            file = path / "gates" / f"{s}--{t}.json"
+            try:
+                data["gate"].load_dict(json.loads(file.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as err:
+                raise ArtifactError(f"{file}: cannot read gate {s} -> {t}: {err}") from err
+        report_file = path / "report.json"
+        if report_file.is_file():
+            circuit.report_ = json.loads(report_file.read_text(encoding="utf-8"))
+            for name, cost in circuit.report_.get("costs_seconds_per_token", {}).items():
+                if name in circuit.graph:
+                    circuit.node(name).cost_ = cost
+        return circuit
+
+
+def _chunks(text: str) -> list[str]:
+    return [text[s:e] for s, e, _, _ in split_text(text, MAX_CHARS, OVERLAP)]

@@ -1,0 +1,138 @@
+"""How a sentence moves through a circuit, and a simulator that replays it from cached outputs.
+
+A sentence enters at the roots and leaves a node along every out-edge whose gate scores it below the edge's
+threshold. Its answer merges the nodes it visited: for each label, the spans of the deepest visited node that
+covers that label (a node with ``labels=None`` covers all). Real routing (``Circuit.__call__``) and the
+simulator share :func:`merge` and the same reach rule, so for equal gate scores they agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import f1, span_counts
+from .types import Prediction, Span
+
+Edge = tuple[str, str]
+
+
+def merge(visited: Sequence[str], preds: Mapping[str, Prediction], labels: Mapping[str, frozenset[str] | None]) -> tuple[Span, ...]:
+    """The answer from the nodes a sentence visited (``visited`` in topological order)."""
+    spans: list[Span] = []
+    covered: set[str] = set()
+    for name in reversed(visited):
+        node_labels = labels.get(name)
+        if node_labels is None:
+            spans += [s for s in preds[name].spans if s.label not in covered]
+            break
+        spans += [s for s in preds[name].spans if s.label in node_labels and s.label not in covered]
+        covered |= node_labels
+    return tuple(sorted(spans))
+
+
+@dataclass
+class Topology:
+    """The parts of a circuit routing needs: node order, edges, label coverage, the mamabear."""
+
+    order: list[str]
+    edges: list[Edge]
+    labels: dict[str, frozenset[str] | None]
+    mamabear: str
+
+    @property
+    def roots(self) -> list[str]:
+        targets = {t for _, t in self.edges}
+        return [n for n in self.order if n not in targets]
+
+    def ancestors_and_self(self, node: str) -> list[str]:
+        seen = {node}
+        for s, t in reversed(self.edges_in_order()):
+            if t in seen:
+                seen.add(s)
+        return [n for n in self.order if n in seen]
+
+    def edges_in_order(self) -> list[Edge]:
+        rank = {n: i for i, n in enumerate(self.order)}
+        return sorted(self.edges, key=lambda e: (rank[e[0]], rank[e[1]]))
+
+
+@dataclass
+class CachedRun:
+    """Every node's output and every gate's score on the same units, so any thresholds can be scored exactly.
+
+    ``preds[node][i]`` is node's prediction on unit i; ``scores[edge][i]`` the edge gate's P(agree) from the
+    source's evidence; ``reference`` is the mamabear's answer; ``costs`` seconds per token; ``tokens`` per unit.
+    """
+
+    topology: Topology
+    preds: dict[str, list[Prediction]]
+    scores: dict[Edge, np.ndarray]
+    costs: dict[str, float]
+    tokens: np.ndarray
+    _counts: dict[tuple[int, tuple[str, ...]], tuple[int, int, int, dict]] = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def reference(self) -> list[Prediction]:
+        return self.preds[self.topology.mamabear]
+
+    def reach(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Boolean mask per node: which units reach it under ``thresholds`` (optionally on a subset of rows)."""
+        n = self.n if rows is None else len(rows)
+        topo = self.topology
+        reach = {name: np.zeros(n, dtype=bool) for name in topo.order}
+        for r in topo.roots:
+            reach[r][:] = True
+        for s, t in topo.edges_in_order():
+            sc = self.scores[(s, t)] if rows is None else self.scores[(s, t)][rows]
+            reach[t] |= reach[s] & (sc < thresholds[(s, t)])
+        return reach
+
+    def _unit_counts(self, i: int, visited: tuple[str, ...]) -> tuple[int, int, int, dict]:
+        key = (i, visited)
+        if key not in self._counts:
+            answer = merge(visited, {v: self.preds[v][i] for v in visited}, self.topology.labels)
+            ref = self.reference[i].spans
+            per_label: dict[str, list[int]] = {}
+            for s in set(answer) | set(ref):
+                c = per_label.setdefault(s.label, [0, 0, 0])
+                c[0 if (s in ref and s in answer) else 1 if s in answer else 2] += 1
+            self._counts[key] = (*span_counts(answer, ref), per_label)
+        return self._counts[key]
+
+    def evaluate(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> dict:
+        """Entity F1 vs the mamabear, per-label counts, calls avoided and expected cost of ``thresholds``."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        reach = self.reach(thresholds, rows)
+        order = self.topology.order
+        tp = fp = fn = 0
+        per_label: dict[str, list[int]] = {}
+        for j, i in enumerate(rows):
+            visited = tuple(name for name in order if reach[name][j])
+            a, b, c, pl = self._unit_counts(int(i), visited)
+            tp, fp, fn = tp + a, fp + b, fn + c
+            for label, counts in pl.items():
+                acc = per_label.setdefault(label, [0, 0, 0])
+                for k in range(3):
+                    acc[k] += counts[k]
+        tokens = self.tokens[rows]
+        cost = sum(self.costs.get(name, 0.0) * tokens[reach[name]].sum() for name in order)
+        return {
+            "f1": f1(tp, fp, fn),
+            "counts": (tp, fp, fn),
+            "per_label": per_label,
+            "mamabear_calls_avoided": 1.0 - float(reach[self.topology.mamabear].mean()) if len(rows) else 0.0,
+            "reach": {name: float(m.mean()) if len(rows) else 0.0 for name, m in reach.items()},
+            "cost_per_token": float(cost / max(tokens.sum(), 1)),
+        }
+
+    def exit_answers(self, node: str) -> list[tuple[Span, ...]]:
+        """Each unit's answer if it stopped at ``node`` having visited every ancestor (gate training targets)."""
+        visited = self.topology.ancestors_and_self(node)
+        return [merge(visited, {v: self.preds[v][i] for v in visited}, self.topology.labels) for i in range(self.n)]

@@ -1,0 +1,224 @@
+"""The YAML shape of a circuit, and validation that reports every problem at once with its location.
+
+Parsing has two steps: the file's shape (pydantic models, unknown fields forbidden), then its meaning (known
+node and gate types, their params, edges, one mamabear sink, no cycles, every node reachable, a budget in
+(0, 1]). Both steps collect problems instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import registry
+from .errors import BabybearError, CircuitValidationError, Problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    """Entity-F1 against the mamabear that the circuit must keep, with the confidence of that promise."""
+
+    min_entity_f1: float = 0.99
+    confidence: float = 0.95
+    per_label: dict[str, float] = Field(default_factory=dict)
+
+
+class GateSpec(_Strict):
+    type: str = "babybear.CalibratedGate.v1"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class NodeSpec(_Strict):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] | None = None
+
+
+class EdgeSpec(_Strict):
+    source: str
+    target: str
+    gate: GateSpec = Field(default_factory=GateSpec)
+    threshold: float | None = None  # set by fitting; a sentence goes on when P(agree) < threshold
+
+
+class CircuitSpec(_Strict):
+    version: int = 1
+    name: str = "circuit"
+    budget: Budget = Field(default_factory=Budget)
+    nodes: dict[str, NodeSpec]
+    edges: list[EdgeSpec] = Field(default_factory=list)
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, to locate problems."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        out[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                out[path + (k.value,)] = k.start_mark.line + 1
+                walk(v, path + (k.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, list[str]]) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        if e["type"] == "extra_forbidden":
+            choices = known.get(loc[:-1])
+            kind = "parameter" if len(loc) >= 2 and loc[-2] == "params" else "field"
+            msg = f"unknown {kind}" + (f"; known: {', '.join(choices)}" if choices else "")
+        elif e["type"] == "missing":
+            msg = "required but missing"
+        else:
+            msg = f"{e['msg']} (got {e.get('input')!r})"
+        problems.append(Problem(".".join(map(str, loc)), msg))
+    return problems
+
+
+def _check_budget(b: Budget) -> list[Problem]:
+    problems = []
+    for name, value in [("min_entity_f1", b.min_entity_f1), ("confidence", b.confidence)]:
+        if not 0 < value <= 1:
+            problems.append(Problem(f"budget.{name}", f"must be in (0, 1], got {value}"))
+    for label, value in b.per_label.items():
+        if not 0 < value <= 1:
+            problems.append(Problem(f"budget.per_label.{label}", f"must be in (0, 1], got {value}"))
+    return problems
+
+
+def validate(spec: CircuitSpec) -> list[Problem]:
+    """Every problem with the meaning of a well-shaped spec: types, params, graph shape, budget."""
+    problems = _check_budget(spec.budget)
+    if spec.version != 1:
+        problems.append(Problem("version", f"unsupported version {spec.version}; supported: 1"))
+    known_nodes, known_gates = registry.nodes.names(), registry.gates.names()
+    roles: dict[str, str] = {}
+    for name, node in spec.nodes.items():
+        if node.type not in registry.nodes:
+            problems.append(Problem(f"nodes.{name}.type", f"unknown node type '{node.type}'; known: {', '.join(known_nodes)}"))
+            continue
+        cls = registry.nodes.get(node.type)
+        roles[name] = cls.role
+        try:
+            cls.Params(**node.params)
+        except ValidationError as err:
+            fields = {("nodes", name, "params"): sorted(cls.Params.model_fields)}
+            problems += _pydantic_problems(err, ("nodes", name, "params"), fields)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(spec.nodes)
+    for i, edge in enumerate(spec.edges):
+        for end in ("source", "target"):
+            if getattr(edge, end) not in spec.nodes:
+                problems.append(Problem(f"edges.{i}.{end}", f"no node named '{getattr(edge, end)}'; nodes: {', '.join(spec.nodes)}"))
+        if edge.gate.type not in registry.gates:
+            problems.append(Problem(f"edges.{i}.gate.type", f"unknown gate type '{edge.gate.type}'; known: {', '.join(known_gates)}"))
+        else:
+            gcls = registry.gates.get(edge.gate.type)
+            try:
+                gcls.Params(**edge.gate.params)
+            except ValidationError as err:
+                fields = {("edges", i, "gate", "params"): sorted(gcls.Params.model_fields)}
+                problems += _pydantic_problems(err, ("edges", i, "gate", "params"), fields)
+        if edge.threshold is not None and not 0 <= edge.threshold <= 1.0 + 1e-9:
+            problems.append(Problem(f"edges.{i}.threshold", f"must be in [0, 1], got {edge.threshold}"))
+        if edge.source in spec.nodes and edge.target in spec.nodes:
+            if graph.has_edge(edge.source, edge.target):
+                problems.append(Problem(f"edges.{i}", f"duplicate edge {edge.source} -> {edge.target}"))
+            graph.add_edge(edge.source, edge.target)
+    problems += _graph_problems(graph, roles)
+    return problems
+
+
+def _graph_problems(graph: nx.DiGraph, roles: dict[str, str]) -> list[Problem]:
+    problems = []
+    if not graph.nodes:
+        return [Problem("nodes", "a circuit needs at least a mamabear node")]
+    for cycle in list(nx.simple_cycles(graph))[:5]:
+        problems.append(Problem("edges", f"cycle: {' -> '.join(cycle + cycle[:1])}; a circuit must be acyclic"))
+    mamabears = [n for n, r in roles.items() if r == "mamabear"]
+    if not mamabears and len(roles) == len(graph):
+        problems.append(Problem("nodes", "no mamabear node; add one (e.g. type babybear.SpacyNER.v1) as the last node"))
+    if len(mamabears) > 1:
+        problems.append(Problem("nodes", f"more than one mamabear: {', '.join(mamabears)}; a circuit has exactly one"))
+    sinks = [n for n in graph if graph.out_degree(n) == 0]
+    if len(sinks) > 1:
+        problems.append(Problem("edges", f"more than one sink: {', '.join(sinks)}; every path must end at the mamabear"))
+    for m in mamabears:
+        if graph.out_degree(m):
+            problems.append(Problem(f"nodes.{m}", "the mamabear must be the sink: it can have no out-edges"))
+    if not problems and mamabears:
+        roots = [n for n in graph if graph.in_degree(n) == 0]
+        cheap_roots = [r for r in roots if r not in mamabears]
+        if cheap_roots and len(graph) > 1:
+            reach = set().union(*(nx.descendants(graph, r) | {r} for r in cheap_roots))
+            for n in graph:
+                if n not in reach:
+                    problems.append(Problem(f"nodes.{n}", "unreachable: no edge leads to it from the circuit's roots"))
+        elif len(graph) > 1:
+            problems.append(Problem("edges", "no path leads into the mamabear from a babybear"))
+    return problems
+
+
+def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> CircuitSpec:
+    """Parse and validate a circuit from a dict, a YAML string, or a YAML file. Raises with every problem."""
+    text = None
+    if isinstance(data, Path) or (isinstance(data, str) and "\n" not in data and data.endswith((".yaml", ".yml"))):
+        path = Path(data)
+        if not path.is_file():
+            raise BabybearError(f"circuit file not found: {path}")
+        source = source or str(path)
+        text = path.read_text(encoding="utf-8")
+    elif isinstance(data, str):
+        text = data
+    if text is not None:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" (line {mark.line + 1})" if mark else ""
+            raise CircuitValidationError([Problem("<file>", f"not valid YAML{line}: {getattr(err, 'problem', err)}")], source)
+    if not isinstance(data, dict):
+        raise CircuitValidationError([Problem("<file>", "a circuit is a mapping with nodes and edges")], source)
+    lines = _line_index(text) if text else {}
+    try:
+        spec = CircuitSpec.model_validate(data)
+        problems = validate(spec)
+    except ValidationError as err:
+        known = {(): sorted(CircuitSpec.model_fields), ("budget",): sorted(Budget.model_fields)}
+        known.update({("nodes", n): sorted(NodeSpec.model_fields) for n in data.get("nodes") or {}})
+        problems = _pydantic_problems(err, (), known)
+        spec = None
+    if problems:
+        located = [Problem(p.location, p.message, _locate(p.location, lines)) for p in problems]
+        raise CircuitValidationError(located, source)
+    assert spec is not None
+    return spec
+
+
+def _locate(location: str, lines: dict[tuple, int]) -> int | None:
+    parts: list = [int(p) if p.isdigit() else p for p in location.split(".")]
+    while parts:
+        if tuple(parts) in lines:
+            return lines[tuple(parts)]
+        parts.pop()
+    return None

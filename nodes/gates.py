@@ -1,0 +1,92 @@
+"""Calibrated confidence gates: P(the source node's answer equals the mamabear's), from its evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from circuit.errors import NotFittedError
+from circuit.metrics import calibration_bins, expected_calibration_error
+from circuit.node import Gate, Params
+
+EPS = 1e-6
+
+
+class CalibratedGate(Gate):
+    """Logistic regression over standardised evidence (Platt scaling), optionally followed by isotonic.
+
+    Scores lie strictly inside (0, 1), so a threshold of 1 sends every sentence on and 0 sends none.
+    """
+
+    class Params(Params):
+        method: Literal["platt", "isotonic"] = "platt"
+        C: float = 1.0
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.state_: dict[str, Any] | None = None
+
+    def _features(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        assert self.state_ is not None
+        keys = self.state_["features"]
+        x = np.array([[float(e.get(k, 0.0)) for k in keys] for e in evidence], dtype=float).reshape(len(evidence), len(keys))
+        return (x - np.array(self.state_["mean"])) / np.array(self.state_["scale"])
+
+    def fit(self, evidence: Sequence[dict[str, float]], agrees: Sequence[bool]) -> CalibratedGate:
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(agrees, dtype=int)
+        keys = sorted({k for e in evidence for k in e})
+        x = np.array([[float(e.get(k, 0.0)) for k in keys] for e in evidence], dtype=float).reshape(len(y), len(keys))
+        mean, scale = x.mean(axis=0) if len(y) else np.zeros(len(keys)), x.std(axis=0) if len(y) else np.ones(len(keys))
+        scale[scale == 0] = 1.0
+        state: dict[str, Any] = {"features": keys, "mean": mean.tolist(), "scale": scale.tolist(), "method": self.params.method}
+        if len(set(y.tolist())) < 2 or not keys:  # nothing to separate: a constant gate at the observed rate
+            state.update(coef=[0.0] * len(keys), intercept=float(np.log((y.mean() + EPS) / (1 - y.mean() + EPS))) if len(y) else 0.0)
+        else:
+            lr = LogisticRegression(C=self.params.C, max_iter=1000).fit((x - mean) / scale, y)
+            state.update(coef=lr.coef_[0].tolist(), intercept=float(lr.intercept_[0]))
+        self.state_ = state
+        if self.params.method == "isotonic" and len(set(y.tolist())) == 2:
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(self._linear(evidence), y)
+            state.update(iso_x=iso.X_thresholds_.tolist(), iso_y=iso.y_thresholds_.tolist())
+        p = self.score(evidence)
+        state["report"] = {
+            "n": int(len(y)),
+            "agree_rate": float(y.mean()) if len(y) else None,
+            "ece": expected_calibration_error(p, y) if len(y) else None,
+            "bins": calibration_bins(p, y) if len(y) else [],
+        }
+        return self
+
+    def _linear(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        assert self.state_ is not None
+        return self._features(evidence) @ np.array(self.state_["coef"]) + self.state_["intercept"]
+
+    def score(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        if self.state_ is None:
+            raise NotFittedError("gate is not fitted: call Circuit.fit first")
+        if not len(evidence):
+            return np.zeros(0)
+        z = self._linear(evidence)
+        if "iso_x" in self.state_:
+            p = np.interp(z, self.state_["iso_x"], self.state_["iso_y"])
+        else:
+            p = 1.0 / (1.0 + np.exp(-z))
+        return np.clip(p, EPS, 1 - EPS)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return (self.state_ or {}).get("report", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.state_ is None:
+            raise NotFittedError("gate is not fitted: nothing to save")
+        return self.state_
+
+    def load_dict(self, state: dict[str, Any]) -> CalibratedGate:
+        self.state_ = dict(state)
+        return self

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny fake nodes for fast engine tests, and real BBC sentences for tests of real models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from circuit import Node, Params, Prediction, Span, register_node
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WORD = re.compile(r"\w+")
+
+
+def _caps(text: str) -> list[tuple[int, int, str]]:
+    return [(m.start(), m.end(), m.group()) for m in WORD.finditer(text) if m.start() > 0 and m.group()[0].isupper()]
+
+
+@register_node("test.CapsMamabear.v1")
+class CapsMamabear(Node):
+    """Fake mamabear: every capitalised word after the first character is an entity; digits are NUM."""
+
+    role = "mamabear"
+
+    def predict_batch(self, texts):
+        out = []
+        for t in texts:
+            spans = [Span(s, e, "ENT") for s, e, _ in _caps(t)]
+            spans += [Span(m.start(), m.end(), "NUM") for m in re.finditer(r"\d+", t)]
+            out.append(Prediction(spans=spans, evidence={"n": float(len(spans))}))
+        return out
+
+
+@register_node("test.Memorizer.v1")
+class Memorizer(Node):
+    """Fake babybear: tags numbers, and the capitalised words it saw tagged in warm-up; knows what it does not know."""
+
+    class Params(Params):
+        min_count: int = 1
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.known_: set[str] | None = None
+
+    def fit(self, texts, reference):
+        self.known_ = {t[s.start : s.end] for t, r in zip(texts, reference) for s in r.spans if s.label == "ENT"}
+        return self
+
+    def predict_batch(self, texts):
+        out = []
+        for t in texts:
+            caps = _caps(t)
+            known = [(s, e) for s, e, w in caps if w in self.known_]
+            spans = [Span(s, e, "ENT") for s, e in known] + [Span(m.start(), m.end(), "NUM") for m in re.finditer(r"\d+", t)]
+            out.append(Prediction(spans=spans, evidence={"unknown": float(len(caps) - len(known)), "n": float(len(caps))}))
+        return out
+
+    def to_disk(self, path):
+        (path / "known.json").write_text(json.dumps(sorted(self.known_)))
+
+    def from_disk(self, path):
+        self.known_ = set(json.loads((path / "known.json").read_text()))
+        return self
+
+
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Oscar"]
+RARE = ["Zebulon", "Xanthe", "Quillon", "Yvaine", "Wystan", "Ulrika", "Thaddeus", "Seraphina"]
+
+
+def synthetic_texts(n: int, seed: int = 0) -> list[str]:
+    """Sentences with common names (learnable), rare names (not) and no names at all."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.3:
+            out.append(f"the weather was fine on day {i} of the trip")
+        elif kind < 0.8:
+            out.append(f"yesterday {rng.choice(NAMES)} met {rng.choice(NAMES)} near the river, story {i}")
+        else:
+            out.append(f"later {rng.choice(RARE)}{i} spoke with {rng.choice(NAMES)} at home")
+    return out
+
+
+@pytest.fixture
+def toy_circuit():
+    from circuit import Circuit
+
+    return Circuit("toy", {"min_entity_f1": 0.99}).add("memo", Memorizer()).add("mama", CapsMamabear()).connect("memo", "mama")

@@ -1,0 +1,141 @@
+"""Engine behaviour with fake nodes: warm-up, routing, simulation, persistence, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from circuit import Circuit, NotFittedError
+from circuit.metrics import entity_f1, seqeval_f1, span_counts
+from circuit.routing import CachedRun, merge
+from circuit.text import split_text, stitch_spans
+from circuit.types import Prediction, Span
+from tests.conftest import CapsMamabear, Memorizer, synthetic_texts
+
+
+@pytest.fixture
+def fitted(toy_circuit):
+    return toy_circuit.fit(synthetic_texts(600), progress=False)
+
+
+def test_fit_learns_to_skip_the_mamabear_on_easy_texts(fitted):
+    texts = synthetic_texts(300, seed=1)
+    report = fitted.evaluate(texts, progress=False)
+    assert report["mamabear_calls_avoided"] > 0.5  # the common-name and no-name texts
+    assert report["entity_f1_vs_mamabear"] >= 0.97
+    assert report["texts_per_node"]["memo"] + report["texts_per_node"]["mama"] == len(texts)
+    assert 0 < fitted.thresholds[("memo", "mama")] < 1
+
+
+def test_unfitted_circuit_refuses_to_route(toy_circuit):
+    with pytest.raises(NotFittedError):
+        toy_circuit(["Hello Bob"])
+
+
+def test_every_input_is_answered_in_order_even_odd_ones(fitted):
+    odd = ["", "   ", "\x00\x01 Bob \x1b[31m", "🐻 Alice met 🐼 Bob", "Grüße aus Köln, Иван и 李", "x" * 100_000, "yesterday Bob met Carol"]
+    answers = fitted(odd, ids=[f"t{i}" for i in range(len(odd))])
+    assert [a.id for a in answers] == [f"t{i}" for i in range(len(odd))]
+    assert [a.text for a in answers] == odd
+    assert answers[0].node is None and answers[1].node is None and answers[0].spans == ()
+    for a in answers:
+        for s in a.spans:
+            assert 0 <= s.start < s.end <= len(a.text)
+
+
+def test_long_text_is_split_and_no_entity_is_lost_at_a_cut(fitted):
+    filler = "word " * 390  # about 1950 characters: the first cut falls near the names
+    text = filler + "yesterday Alice met Bob " + filler + " and Carol " + filler
+    answer = fitted([text])[0]
+    mama = CapsMamabear().predict_batch([text])[0].spans
+    assert set(answer.spans) == set(mama) or answer.node == "mama"
+    assert {text[s.start : s.end] for s in answer.spans} >= {"Alice", "Bob", "Carol"}
+
+
+def test_split_cores_tile_the_text_and_overlap_protects_spans():
+    text = ("abc " * 1500).strip()
+    chunks = split_text(text, 2000, 200)
+    assert chunks[0][2] == 0 and chunks[-1][3] == len(text)
+    assert all(a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
+    assert all(e - s <= 2000 for s, e, _, _ in chunks)
+    for s, e, cs, ce in chunks:  # every entity of length < 100 starting in a core lies inside its chunk
+        assert s <= cs and ce + 100 <= e or ce == len(text)
+    spans = [[Span(cs - s, cs - s + 3, "X")] for s, e, cs, ce in chunks]
+    assert len(stitch_spans(chunks, spans)) == len(chunks)
+
+
+def test_simulator_agrees_with_real_routing_sentence_for_sentence(fitted):
+    texts = synthetic_texts(200, seed=2)
+    answers, exits, _ = fitted.route(texts)
+    topo = fitted.topology
+    preds = {n: fitted.node(n).predict_batch(texts) for n in topo.order}
+    scores = {e: fitted.graph.edges[e]["gate"].score([p.evidence for p in preds[e[0]]]) for e in topo.edges}
+    run = CachedRun(topo, preds, scores, {n: 1.0 for n in topo.order}, np.ones(len(texts)))
+    reach = run.reach(fitted.thresholds)
+    for i in range(len(texts)):
+        visited = [n for n in topo.order if reach[n][i]]
+        assert visited[-1] == exits[i]
+        assert merge(visited, {v: preds[v][i] for v in visited}, topo.labels) == answers[i]
+    sim = run.evaluate(fitted.thresholds)
+    real_f1 = entity_f1(answers, [p.spans for p in preds["mama"]])
+    assert sim["f1"] == pytest.approx(real_f1)
+    assert sim["mamabear_calls_avoided"] == pytest.approx(1 - sum(e == "mama" for e in exits) / len(texts))
+
+
+def test_labels_merge_takes_each_label_from_the_deepest_covering_node():
+    preds = {
+        "rules": Prediction([Span(0, 3, "EMAIL"), Span(5, 8, "PER")]),
+        "crf": Prediction([Span(0, 4, "EMAIL"), Span(10, 12, "ORG")]),
+    }
+    labels = {"rules": frozenset({"EMAIL"}), "crf": frozenset({"ORG", "PER"})}
+    assert merge(["rules", "crf"], preds, labels) == (Span(0, 3, "EMAIL"), Span(10, 12, "ORG"))
+    assert merge(["rules", "crf"], preds, {"rules": None, "crf": None}) == preds["crf"].spans
+
+
+def test_save_and_load_in_a_fresh_process_give_the_same_answers(fitted, tmp_path):
+    import subprocess
+    import sys
+
+    fitted.save(tmp_path / "fitted")
+    assert (tmp_path / "fitted" / "circuit.yaml").is_file()
+    assert not list((tmp_path / "fitted").rglob("*.pkl"))
+    loaded = Circuit.load(tmp_path / "fitted")
+    texts = synthetic_texts(50, seed=3)
+    assert [a.spans for a in loaded(texts)] == [a.spans for a in fitted(texts)]
+    assert loaded.thresholds == pytest.approx(fitted.thresholds)
+    code = (
+        "import tests.conftest, sys; from circuit import Circuit;"
+        f"c = Circuit.load({str(tmp_path / 'fitted')!r});"
+        "print(sum(a.node == 'memo' for a in c(tests.conftest.synthetic_texts(50, seed=3))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) == sum(a.node == "memo" for a in fitted(texts))
+
+
+def test_missing_gate_file_names_the_file(fitted, tmp_path):
+    fitted.save(tmp_path / "f")
+    (tmp_path / "f" / "gates" / "memo--mama.json").unlink()
+    with pytest.raises(Exception, match="memo--mama.json"):
+        Circuit.load(tmp_path / "f")
+
+
+def test_seqeval_and_fast_counts_agree():
+    rng = np.random.default_rng(0)
+    texts, preds, refs = [], [], []
+    for _ in range(200):
+        n = int(rng.integers(5, 60))
+        texts.append("a" * n)
+
+        def spans():
+            out, pos = [], 0
+            while pos < n - 2:
+                s = int(rng.integers(pos, n - 1))
+                e = int(rng.integers(s + 1, min(n, s + 6) + 1))
+                out.append(Span(s, e, str(rng.choice(["A", "B"]))))
+                pos = e
+            return out[: int(rng.integers(0, 4))]
+
+        refs.append(spans())
+        preds.append(spans() if rng.random() < 0.5 else list(refs[-1]))
+    assert seqeval_f1(texts, preds, refs) == pytest.approx(entity_f1(preds, refs))
+    assert span_counts([Span(0, 1, "A")], [Span(0, 1, "A"), Span(2, 3, "B")]) == (1, 0, 1)

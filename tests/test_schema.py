@@ -1,0 +1,92 @@
+"""Circuit YAML: valid files load and round-trip; broken ones report every problem, located."""
+
+from __future__ import annotations
+
+import pytest
+
+from circuit import Circuit, CircuitValidationError
+from circuit.node import Params
+from nodes.gates import CalibratedGate
+from tests.conftest import FIXTURES, CapsMamabear, Memorizer
+
+
+def problems(name: str) -> list[str]:
+    with pytest.raises(CircuitValidationError) as info:
+        Circuit.from_yaml(FIXTURES / name)
+    return [str(p) for p in info.value.problems]
+
+
+def test_valid_yaml_round_trips_with_equality():
+    circuit = Circuit.from_yaml(FIXTURES / "valid.yaml")
+    assert list(circuit.graph) == ["memo", "mama"]
+    assert circuit.node("memo").params.min_count == 2
+    again = Circuit.from_yaml(circuit.to_yaml())
+    assert again == circuit and again.to_dict() == circuit.to_dict()
+
+
+def test_python_api_builds_the_same_circuit_as_yaml():
+    built = Circuit("toy", {"min_entity_f1": 0.99, "confidence": 0.95}).add("memo", Memorizer(min_count=2)).add("mama", CapsMamabear()).connect("memo", "mama", gate=CalibratedGate())
+    assert built == Circuit.from_yaml(FIXTURES / "valid.yaml")
+
+
+def test_every_problem_is_reported_at_once_with_location_and_choices():
+    found = problems("broken_many.yaml")
+    text = "\n".join(found)
+    assert "budget.min_entity_f1 (line 3): must be in (0, 1], got 1.5" in text
+    assert "nodes.memo.params.c3 (line 5): unknown parameter; known: min_count" in text
+    assert "nodes.crf.type (line 6): unknown node type 'babybear.CRFTaggr.v1'; known: " in text and "babybear.CRFTagger.v1" in text
+    assert "edges.1.target (line 10): no node named 'nowhere'" in text
+    assert "edges.2.gate.type (line 11): unknown gate type 'babybear.NoSuchGate.v1'; known: babybear.CalibratedGate.v1" in text
+    assert "edges.2 (line 11): duplicate edge memo -> mama" in text
+    assert len(found) >= 6
+
+
+def test_cycle_is_named():
+    assert any("cycle: a -> b -> a" in p or "cycle: b -> a -> b" in p for p in problems("broken_cycle.yaml"))
+
+
+def test_several_sinks_and_unreachable_nodes():
+    text = "\n".join(problems("broken_sinks.yaml"))
+    assert "more than one sink" in text and "b" in text and "lonely" in text
+
+
+def test_no_mamabear():
+    assert any("no mamabear node" in p for p in problems("broken_no_mamabear.yaml"))
+
+
+def test_misspelt_fields_list_the_known_ones():
+    text = "\n".join(problems("broken_shape.yaml"))
+    assert "nodez (line 2): unknown field; known: budget, edges, name, nodes, version" in text
+    assert "nodes.a.parms (line 4): unknown field; known: labels, params, type" in text
+    assert "edges.0.treshold (line 7): unknown field" in text
+
+
+def test_not_yaml_and_missing_file():
+    with pytest.raises(CircuitValidationError, match="not valid YAML"):
+        Circuit.from_yaml("nodes: [unclosed\n")
+    with pytest.raises(Exception, match="circuit file not found"):
+        Circuit.from_yaml("nope/missing.yaml")
+
+
+@pytest.mark.parametrize("budget", [0, -0.1, 1.01])
+def test_bad_budget_rejected(budget):
+    yaml_text = (FIXTURES / "valid.yaml").read_text().replace("min_entity_f1: 0.99", f"min_entity_f1: {budget}")
+    with pytest.raises(CircuitValidationError, match="budget.min_entity_f1"):
+        Circuit.from_yaml(yaml_text)
+
+
+def test_params_forbid_unknown_names():
+    class P(Params):
+        a: int = 1
+
+    with pytest.raises(Exception):
+        P(b=2)
+
+
+def test_set_params_with_sklearn_style_names():
+    circuit = Circuit.from_yaml(FIXTURES / "valid.yaml")
+    circuit.set_params(**{"memo__min_count": 5, "memo->mama__threshold": 0.4})
+    assert circuit.get_params()["memo__min_count"] == 5
+    assert circuit.thresholds[("memo", "mama")] == 0.4
+    with pytest.raises(Exception, match="no edge"):
+        circuit.set_params(**{"memo->nowhere__threshold": 0.1})
