@@ -39,6 +39,9 @@ class Circuit:
         self.budget = budget if isinstance(budget, Budget) else Budget(**(budget or {}))
         self.graph = nx.DiGraph()
         self.report_: dict[str, Any] = {}
+        self.cache_: CachedRun | None = None  # every node's output on the held-out warm-up texts
+        self.n_calibration_ = 0  # the cache's first rows fit the gates; the rest set the thresholds
+        self.heldout_texts_: list[str] = []
 
     # -- building ----------------------------------------------------------------------------------------------
     def add(self, name: str, node: Node, labels: Iterable[str] | None = None) -> Circuit:
@@ -278,27 +281,45 @@ class Circuit:
                 preds[name] = self._predict(name, held, batch_size, progress)
                 self.node(name).cost_ = (time.perf_counter() - start) / max(int(held_tokens.sum()), 1)
         costs = {name: float(self.node(name).cost_ or 0.0) for name in topo.order}
-        run = CachedRun(topo, preds, {}, costs, held_tokens)
-        n_cal = len(calib)
-        for s, t in topo.edges_in_order():
-            gate = self.graph.edges[s, t]["gate"]
-            exits = run.exit_answers(s)
-            agrees = [exits[i] == run.reference[i].spans for i in range(run.n)]
-            gate.fit([p.evidence for p in preds[s][:n_cal]], agrees[:n_cal])
-            run.scores[(s, t)] = gate.score([p.evidence for p in preds[s]])
-        tune_rows = np.arange(n_cal, run.n)
-        tune_run = CachedRun(topo, {k: v[n_cal:] for k, v in preds.items()}, {e: v[n_cal:] for e, v in run.scores.items()}, costs, held_tokens[n_cal:])
-        self.set_thresholds(per_edge_thresholds(tune_run, self.budget.min_entity_f1))
-        outcome = run.evaluate(self.thresholds, tune_rows)
+        self.cache_ = CachedRun(topo, preds, {}, costs, held_tokens)
+        self.n_calibration_ = len(calib)
+        self.heldout_texts_ = held
+        self._fit_gates()
         self.report_ = {
             "warm_up": {"texts": len(texts), "units": len(units), "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed},
-            "budget": self.budget.model_dump(),
-            "costs_seconds_per_token": costs,
-            "gates": {f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
-            "thresholds": {f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
-            "tuning": {k: v for k, v in outcome.items() if k not in ("per_label",)},
-            "babybear_f1_alone": {n: entity_f1([p.spans for p in preds[n][n_cal:]], [p.spans for p in ref[b:]]) for n in topo.order if n != topo.mamabear},
+            "babybear_f1_alone": {
+                n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in ref[b:]]) for n in topo.order if n != topo.mamabear
+            },
         }
+        return self.tune()
+
+    def _fit_gates(self) -> None:
+        """Fit each edge's gate on the calibration part of the cache and score the whole cache with it."""
+        run, n_cal = self.cache_, self.n_calibration_
+        for s, t in self.topology.edges_in_order():
+            gate = self.graph.edges[s, t]["gate"]
+            exits = run.exit_answers(s)
+            agrees = [exits[i] == run.reference[i].spans for i in range(n_cal)]
+            gate.fit([p.evidence for p in run.preds[s][:n_cal]], agrees)
+            run.scores[(s, t)] = gate.score([p.evidence for p in run.preds[s]])
+
+    def tune(self, min_entity_f1: float | None = None) -> Circuit:
+        """Set every threshold for the budget from the cached held-out outputs, without running a model."""
+        if self.cache_ is None:
+            raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
+        if min_entity_f1 is not None:
+            self.budget = self.budget.model_copy(update={"min_entity_f1": min_entity_f1})
+            self.validate()
+        tune_rows = np.arange(self.n_calibration_, self.cache_.n)
+        self.set_thresholds(per_edge_thresholds(self.cache_.subset(tune_rows), self.budget.min_entity_f1))
+        outcome = self.cache_.evaluate(self.thresholds, tune_rows)
+        self.report_.update(
+            budget=self.budget.model_dump(),
+            costs_seconds_per_token=self.cache_.costs,
+            gates={f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
+            thresholds={f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
+            tuning={k: v for k, v in outcome.items() if k != "per_label"},
+        )
         return self
 
     # -- evaluation --------------------------------------------------------------------------------------------
@@ -352,6 +373,8 @@ class Circuit:
             self.node(name).to_disk(path / "nodes" / name)
         for s, t, data in self.graph.edges(data=True):
             (path / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
+        if self.cache_ is not None:
+            _save_cache(path / "heldout.json", self.heldout_texts_, self.cache_, self.n_calibration_)
         costs = {n: self.node(n).cost_ for n in self.graph}
         (path / "report.json").write_text(json.dumps({**self.report_, "costs_seconds_per_token": costs}, indent=2), encoding="utf-8")
         return path
@@ -380,7 +403,35 @@ class Circuit:
             for name, cost in circuit.report_.get("costs_seconds_per_token", {}).items():
                 if name in circuit.graph:
                     circuit.node(name).cost_ = cost
+        if (path / "heldout.json").is_file():
+            circuit.heldout_texts_, circuit.cache_, circuit.n_calibration_ = _load_cache(path / "heldout.json", circuit)
         return circuit
+
+
+def _save_cache(file: Path, texts: list[str], run: CachedRun, n_calibration: int) -> None:
+    data = {
+        "n_calibration": n_calibration,
+        "texts": texts,
+        "costs": run.costs,
+        "preds": {n: [{"spans": [list(s) for s in p.spans], "evidence": p.evidence} for p in ps] for n, ps in run.preds.items()},
+    }
+    file.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _load_cache(file: Path, circuit: Circuit) -> tuple[list[str], CachedRun, int]:
+    """Read the held-out outputs saved with a fit, and score them with the loaded gates."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        preds = {n: [Prediction([Span(*s) for s in p["spans"]], p["evidence"]) for p in ps] for n, ps in data["preds"].items()}
+        texts = data["texts"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{file}: cannot read the held-out cache: {err}") from err
+    topo = circuit.topology
+    if set(preds) != set(topo.order):
+        raise ArtifactError(f"{file}: cached nodes {sorted(preds)} do not match the circuit's {sorted(topo.order)}")
+    scores = {(s, t): circuit.graph.edges[s, t]["gate"].score([p.evidence for p in preds[s]]) for s, t in topo.edges}
+    run = CachedRun(topo, preds, scores, data["costs"], np.array([n_tokens(t) for t in texts]))
+    return texts, run, int(data["n_calibration"])
 
 
 def _chunks(text: str) -> list[str]:

@@ -8,7 +8,6 @@ list of valid names.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ class Node(ABC):
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params(**params)
-        self.cost_: float | None = None  # seconds per token, measured by measure_cost()
+        self.cost_: float | None = None  # seconds per token, measured during Circuit.fit
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -72,13 +71,6 @@ class Node(ABC):
 
     def get_params(self) -> dict[str, Any]:
         return self.params.model_dump()
-
-    def measure_cost(self, texts: Sequence[str], n_tokens: int) -> list[Prediction]:
-        """Run on ``texts``, store seconds per token in ``cost_``, and return the predictions."""
-        start = time.perf_counter()
-        out = self.predict_batch(texts)
-        self.cost_ = (time.perf_counter() - start) / max(n_tokens, 1)
-        return out
 
 
 class Gate(ABC):

