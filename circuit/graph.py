@@ -189,6 +189,14 @@ class Circuit:
 
     def route(self, units: Sequence[str], batch_size: int = 256, progress: bool = False) -> tuple[list[tuple[Span, ...]], list[str], dict]:
         """Route text units through the circuit: (answers, answering node, per-node stats)."""
+        answers, exits, _, stats = self.route_with_confidence(units, batch_size, progress)
+        return answers, exits, stats
+
+    def route_with_confidence(
+        self, units: Sequence[str], batch_size: int = 256, progress: bool = False
+    ) -> tuple[list[tuple[Span, ...]], list[str], list[float | None], dict]:
+        """Like :meth:`route`, plus each unit's confidence: the lowest gate score on its answering node's
+        out-edges (every one of them let it stop there); None when that node has no out-edge (the mamabear)."""
         topo = self.topology
         thresholds = self.thresholds
         if any(v is None for v in thresholds.values()):
@@ -198,6 +206,7 @@ class Circuit:
         for r in topo.roots:
             reach[r][:] = True
         preds: dict[str, dict[int, Prediction]] = {name: {} for name in topo.order}
+        lowest = {name: np.ones(n) for name in topo.order}  # lowest out-edge gate score per unit
         stats: dict[str, dict[str, float]] = {}
         for name in topo.order:
             idx = np.flatnonzero(reach[name])
@@ -209,12 +218,14 @@ class Circuit:
                 data = self.graph.edges[name, succ]
                 scores = data["gate"].score([p.evidence for p in out])
                 reach[succ][idx[scores < data["threshold"]]] = True
-        answers, exits = [], []
+                lowest[name][idx] = np.minimum(lowest[name][idx], scores)
+        answers, exits, confidences = [], [], []
         for i in range(n):
             visited = [name for name in topo.order if reach[name][i]]
             answers.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
             exits.append(visited[-1])
-        return answers, exits, stats
+            confidences.append(float(lowest[visited[-1]][i]) if self.graph.out_degree(visited[-1]) else None)
+        return answers, exits, confidences, stats
 
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
         """Answer every text, in order. Blank texts get no entities without running a model (``node`` None)."""
@@ -235,7 +246,7 @@ class Circuit:
             for s, e, _, _ in parts:
                 units.append(text[s:e])
                 owner.append(i)
-        spans, exits, stats = self.route(units, batch_size, progress)
+        spans, exits, confidences, stats = self.route_with_confidence(units, batch_size, progress)
         rank = {n: i for i, n in enumerate(self.topology.order)}
         per_text: list[list[int]] = [[] for _ in texts]
         for u, i in enumerate(owner):
@@ -244,7 +255,9 @@ class Circuit:
         for i, text in enumerate(texts):
             us = per_text[i]
             node = max((exits[u] for u in us), key=rank.__getitem__) if us else None
-            answers.append(Answer(text, stitch_spans(chunks[i], [spans[u] for u in us]), node, ids[i] if ids else None))
+            scores = [c for u in us if exits[u] == node and (c := confidences[u]) is not None]
+            answer_spans = stitch_spans(chunks[i], [spans[u] for u in us])
+            answers.append(Answer(text, answer_spans, node, ids[i] if ids else None, min(scores) if scores else None))
         return answers, stats
 
     # -- warm-up -----------------------------------------------------------------------------------------------

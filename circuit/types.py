@@ -40,12 +40,18 @@ class Prediction:
 
 @dataclass
 class Answer:
-    """The circuit's final answer for one input text: the entities and the node that produced them."""
+    """The circuit's final answer for one input text: the entities and the node that produced them.
+
+    ``confidence`` is the answering node's exit-gate score, P(this answer equals the mamabear's); None for the
+    mamabear itself (the reference) and for blank texts. For a text cut into chunks, the lowest over the chunks
+    the answering node answered.
+    """
 
     text: str
     spans: tuple[Span, ...]
     node: str
     id: str | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict:
         return {
