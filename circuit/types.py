@@ -44,7 +44,8 @@ class Answer:
 
     ``confidence`` is the answering node's exit-gate score, P(this answer equals the mamabear's); None for the
     mamabear itself (the reference) and for blank texts. For a text cut into chunks, the lowest over the chunks
-    the answering node answered.
+    the answering node answered. ``error`` is set when a node failed on the text (``node`` names it); the
+    answer is then empty.
     """
 
     text: str
@@ -52,11 +53,15 @@ class Answer:
     node: str
     id: str | None = None
     confidence: float | None = None
+    error: str | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "id": self.id,
             "text": self.text,
             "entities": [{"start": s.start, "end": s.end, "label": s.label} for s in self.spans],
             "node": self.node,
         }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
