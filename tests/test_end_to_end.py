@@ -1,0 +1,96 @@
+"""The ready circuits on real models and real text: fit, route, save, reload in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from circuit import Circuit
+from circuit.corpus import bbc_sentences
+from circuit.metrics import entity_f1
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bbc():
+    train, test = bbc_sentences()
+    return train[:900], test[:200]
+
+
+@pytest.fixture(scope="module")
+def news(bbc, tmp_path_factory):
+    circuit = Circuit.from_yaml("circuits/news.yaml")
+    circuit.set_params(crf__max_iterations=50)
+    circuit.fit(bbc[0], progress=False)
+    path = circuit.save(tmp_path_factory.mktemp("news") / "fitted")
+    return circuit, path
+
+
+def test_news_circuit_fits_routes_and_keeps_its_budget_on_tuning(news):
+    circuit, _ = news
+    report = circuit.report_
+    assert report["warm_up"]["train"] > 400
+    assert report["babybear_f1_alone"]["crf"] > 0.6  # a CRF really learned from en_core_web_md's output
+    assert report["tuning"]["f1"] >= circuit.budget.min_entity_f1
+    for gate in report["gates"].values():
+        assert gate["ece"] < 0.2
+
+
+def test_news_circuit_answers_unseen_text_in_order_against_the_real_mamabear(news, bbc):
+    circuit, _ = news
+    test = bbc[1]
+    answers = circuit(test)
+    assert [a.text for a in answers] == test
+    mama = circuit.node("mamabear").predict_batch(test)
+    by_mamabear = [a for a, m in zip(answers, mama) if a.node == "mamabear"]
+    assert all(a.spans == m.spans for a, m in zip(answers, mama) if a.node == "mamabear") and by_mamabear
+    assert entity_f1([a.spans for a in answers], [m.spans for m in mama]) > 0.9
+
+
+def test_saved_news_circuit_reloads_in_a_fresh_process_with_identical_answers(news, bbc):
+    circuit, path = news
+    texts = bbc[1][:50]
+    expected = [a.to_dict() for a in circuit(texts)]
+    code = (
+        "import json, sys; from circuit import Circuit;"
+        f"c = Circuit.load({str(path)!r});"
+        "texts = json.loads(sys.stdin.read());"
+        "print(json.dumps([a.to_dict() for a in c(texts)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == expected
+
+
+def _pii_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    first = ["Anna", "Ben", "Chloe", "Dmitri", "Emeka", "Fatima", "Gus", "Hana"]
+    last = ["Smith", "Okafor", "Novak", "Garcia", "Tanaka", "Muller"]
+    news = bbc_sentences()[0][:2000]
+    out = []
+    for i in range(n):
+        f, l = rng.choice(first), rng.choice(last)
+        kind = rng.random()
+        if kind < 0.4:
+            out.append(rng.choice(news))
+        elif kind < 0.7:
+            out.append(f"Please write to {f.lower()}.{l.lower()}{i}@example.com about order {i}.")
+        else:
+            out.append(f"Call {f} {l} on +44 20 7946 {1000 + i:04d} before Friday.")
+    return out
+
+
+def test_pii_circuit_on_the_real_onnx_model():
+    circuit = Circuit.from_yaml("circuits/pii.yaml")
+    circuit.set_params(crf__max_iterations=30)
+    circuit.fit(_pii_texts(300), progress=False)
+    texts = _pii_texts(60, seed=1)
+    answers = circuit(texts)
+    assert len(answers) == len(texts)
+    mama = circuit.node("mamabear").predict_batch(texts)
+    assert any(s.label == "EMAIL" for m in mama for s in m.spans)
+    assert entity_f1([a.spans for a in answers], [m.spans for m in mama]) > 0.8
