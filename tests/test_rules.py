@@ -1,0 +1,113 @@
+"""Rule babybears: user keyword/regex rules, and the gate that learns where the mamabear finds nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from sklearn.metrics import roc_auc_score
+
+from circuit import registry
+from circuit.errors import ArtifactError, NotFittedError
+from circuit.types import Prediction, Span
+from nodes.rules import KeywordGate, LearnedKeywordGate
+from tests.test_crf import ODD_TEXTS, labelled_bbc
+
+CUES = {"n_tokens", "n_capitalized_inner", "n_digit_tokens", "n_allcaps"}
+
+
+def test_registered():
+    assert registry.nodes.get("babybear.KeywordGate.v1") is KeywordGate
+    assert registry.nodes.get("babybear.LearnedKeywordGate.v1") is LearnedKeywordGate
+
+
+# -- KeywordGate ------------------------------------------------------------------------------------------------
+def test_patterns_and_keywords_match_leftmost_longest():
+    gate = KeywordGate(
+        patterns=[{"label": "MONEY", "regex": r"[$£]\d+(?:[.,]\d+)*(?:bn|m)?"}],
+        keywords={"ORG": ["Time Warner", "Time", "AOL"], "GPE": ["US"]},
+    )
+    text = "US giant Time Warner earned $1.13bn; aol and Timely BUS news."
+    (p,) = gate.predict_batch([text])
+    assert [(text[s.start : s.end], s.label) for s in p.spans] == [
+        ("US", "GPE"), ("Time Warner", "ORG"), ("$1.13bn", "MONEY"), ("aol", "ORG"),
+    ]  # fmt: skip
+    assert p.evidence == {
+        "n_matches": 4.0, "n_tokens": 14.0, "n_capitalized_inner": 4.0, "n_digit_tokens": 1.0, "n_allcaps": 2.0,
+    }  # fmt: skip
+
+
+def test_case_sensitive_keywords_and_overlapping_rules():
+    gate = KeywordGate(keywords={"ORG": ["AOL"]}, case_sensitive=True, patterns=[{"label": "X", "regex": "A"}])
+    assert gate.predict_batch(["aol AOL"])[0].spans == (Span(4, 7, "ORG"),)  # longest wins over "A" at 4
+    assert KeywordGate(patterns=[{"label": "X", "regex": "a*"}]).predict_batch(["bbb"])[0].spans == ()
+
+
+def test_no_rules_answers_no_entities():
+    (p,) = KeywordGate().predict_batch(["Tony Blair visited Paris in 2005."])
+    assert p.spans == () and p.evidence["n_matches"] == 0 and p.evidence["n_capitalized_inner"] == 2
+
+
+def test_invalid_regex_names_the_pattern_and_where_it_is():
+    with pytest.raises(ValidationError) as err:
+        KeywordGate(patterns=[{"label": "OK", "regex": "ok"}, {"label": "BAD", "regex": "Time (Warner"}])
+    (problem,) = err.value.errors()
+    assert problem["loc"] == ("patterns", 1, "regex")
+    assert "invalid regular expression 'Time (Warner'" in problem["msg"]
+
+
+def test_keyword_gate_handles_odd_texts():
+    gate = KeywordGate(keywords={"PERSON": ["Tony Blair"], "GPE": ["London", "Paris", "東京"]})
+    preds = gate.predict_batch(ODD_TEXTS)
+    assert len(preds) == len(ODD_TEXTS)
+    assert [len(p.spans) for p in preds] == [0, 0, 5200, 1, 0, 1]
+    assert all(set(p.evidence) == CUES | {"n_matches"} for p in preds)
+
+
+# -- LearnedKeywordGate -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data():
+    return labelled_bbc()
+
+
+@pytest.fixture(scope="module")
+def learned(data):
+    train, train_ref, _, _ = data
+    return LearnedKeywordGate().fit(train, train_ref)
+
+
+def test_learned_gate_separates_empty_from_non_empty_answers(learned, data):
+    _, _, test, test_ref = data
+    empty = [not r.spans for r in test_ref]
+    assert 0.1 < np.mean(empty) < 0.9  # both kinds are there to tell apart
+    preds = learned.predict_batch(test)
+    assert all(p.spans == () and set(p.evidence) == CUES | {"p_empty"} for p in preds)
+    auc = roc_auc_score(empty, [p.evidence["p_empty"] for p in preds])
+    assert auc > 0.7, auc
+
+
+def test_learned_gate_json_round_trip(learned, data, tmp_path):
+    learned.to_disk(tmp_path)
+    state = json.loads((tmp_path / "learned_gate.json").read_text())
+    assert state["params"] == learned.get_params() and len(state["indices"]) == len(state["values"]) > 0
+    loaded = LearnedKeywordGate().from_disk(tmp_path)
+    texts = data[2][:100] + ODD_TEXTS
+    assert loaded.predict_batch(texts) == learned.predict_batch(texts)
+
+
+def test_learned_gate_handles_odd_texts_and_one_class(learned):
+    preds = learned.predict_batch(ODD_TEXTS)
+    assert len(preds) == len(ODD_TEXTS) and all(0 < p.evidence["p_empty"] < 1 for p in preds)
+    assert [p.evidence["n_tokens"] for p in preds[:2]] == [0, 0]
+    always_empty = LearnedKeywordGate().fit(["a", "b", "c"], [Prediction()] * 3)
+    assert always_empty.predict_batch(["anything"])[0].evidence["p_empty"] == pytest.approx(3.5 / 4)
+
+
+def test_learned_gate_fails_clearly(tmp_path):
+    with pytest.raises(NotFittedError):
+        LearnedKeywordGate().predict_batch(["Hello"])
+    (tmp_path / "learned_gate.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="cannot load the learned gate"):
+        LearnedKeywordGate().from_disk(tmp_path)
