@@ -25,7 +25,7 @@ from .progress import track
 from .routing import CachedRun, Edge, Topology, merge
 from .schema import Budget, CircuitSpec, load_spec, validate
 from .text import n_tokens, split_text, stitch_spans
-from .tuning import per_edge_thresholds
+from .optimizer import Method, optimize
 from .types import Answer, Prediction, Span
 
 MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
@@ -316,22 +316,31 @@ class Circuit:
             gate.fit([p.evidence for p in run.preds[s][:n_cal]], agrees)
             run.scores[(s, t)] = gate.score([p.evidence for p in run.preds[s]])
 
-    def tune(self, min_entity_f1: float | None = None) -> Circuit:
-        """Set every threshold for the budget from the cached held-out outputs, without running a model."""
-        if self.cache_ is None:
+    def tune(self, min_entity_f1: float | None = None, method: Method = "joint", run: CachedRun | None = None, **options: Any) -> Circuit:
+        """Set every threshold for the budget from cached outputs, without running a model.
+
+        ``method``: "joint" (circuit.optimizer: all edges together, on a lower confidence bound), "per_edge"
+        or "nearest" (point-estimate rules kept for comparison). ``run`` tunes on other cached outputs (e.g.
+        :meth:`circuit.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows;
+        ``options`` go to :func:`circuit.optimizer.optimize`.
+        """
+        if run is None and self.cache_ is None:
             raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
         if min_entity_f1 is not None:
             self.budget = self.budget.model_copy(update={"min_entity_f1": min_entity_f1})
             self.validate()
-        tune_rows = np.arange(self.n_calibration_, self.cache_.n)
-        self.set_thresholds(per_edge_thresholds(self.cache_.subset(tune_rows), self.budget.min_entity_f1))
-        outcome = self.cache_.evaluate(self.thresholds, tune_rows)
+        if run is None:
+            run = self.cache_.subset(np.arange(self.n_calibration_, self.cache_.n))
+        result = optimize(run, self.budget, method=method, **options)
+        self.set_thresholds(result.thresholds)
+        outcome = run.evaluate(self.thresholds)
         self.report_.update(
             budget=self.budget.model_dump(),
-            costs_seconds_per_token=self.cache_.costs,
+            costs_seconds_per_token=run.costs,
             gates={f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
             thresholds={f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
             tuning={k: v for k, v in outcome.items() if k != "per_label"},
+            optimizer=result.to_dict(),
         )
         return self
 

@@ -1,0 +1,125 @@
+"""The joint threshold optimizer on cached outputs: exact scoring, the bound, per-label budgets, bad budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from circuit import BabybearError, Budget
+from circuit.optimizer import Scorer, optimize
+from circuit.routing import CachedRun, Topology
+from circuit.types import Prediction, Span
+
+
+def synthetic_run(n: int, seed: int = 0, chain: tuple[str, ...] = ("rules", "crf")) -> CachedRun:
+    """A chain of babybears before a mamabear with known difficulty: each node errs more on harder sentences,
+    later nodes less, and each gate scores P(agree) with noise. Costs grow along the chain."""
+    rng = np.random.default_rng(seed)
+    order = [*chain, "mama"]
+    edges = list(zip(order, order[1:]))
+    difficulty = rng.random(n)
+    ref, preds = [], {name: [] for name in order}
+    scores = {e: np.zeros(n) for e in edges}
+    for i in range(n):
+        spans = [Span(10 * k, 10 * k + 4, str(rng.choice(["PER", "ORG", "LOC"], p=[0.3, 0.5, 0.2]))) for k in range(int(rng.integers(0, 4)))]
+        ref.append(Prediction(spans))
+        for depth, name in enumerate(chain):
+            p_err = difficulty[i] ** (1 + 2 * depth) * 0.9
+            wrong = [s for s in spans if rng.random() < p_err]
+            out = [s for s in spans if s not in wrong] + [Span(s.start, s.end + 1, s.label) for s in wrong[:1]]
+            preds[name].append(Prediction(out, {"d": float(difficulty[i])}))
+            if depth < len(chain):
+                scores[edges[depth]][i] = np.clip(1 - p_err + rng.normal(0, 0.1), 1e-6, 1 - 1e-6)
+    preds["mama"] = ref
+    topo = Topology(order, edges, {name: None for name in order}, "mama")
+    costs = {name: 10.0 ** depth for depth, name in enumerate(order)}
+    return CachedRun(topo, preds, scores, costs, rng.integers(5, 40, n).astype(float))
+
+
+def test_vectorised_scores_equal_the_simulator():
+    run = synthetic_run(400, chain=("a", "b", "c"))
+    scorer = Scorer(run, ["PER"])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        th = {e: float(rng.choice([0.0, rng.random(), 1.0])) for e in run.topology.edges}
+        ours, _ = scorer.outcome(th)
+        ref = run.evaluate(th)
+        assert ours.f1 == pytest.approx(ref["f1"])
+        assert ours.cost_per_token == pytest.approx(ref["cost_per_token"])
+        assert ours.mamabear_calls_avoided == pytest.approx(ref["mamabear_calls_avoided"])
+        tp, fp, fn = ref["per_label"].get("PER", [0, 0, 0])
+        assert ours.per_label_f1["PER"] == pytest.approx(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+
+
+@pytest.mark.parametrize("bound", ["ltt", "bootstrap"])
+@pytest.mark.parametrize("target", [0.99, 0.95])
+def test_chosen_setting_meets_the_bound_on_its_own_data_and_saves(bound, target):
+    run = synthetic_run(1500)
+    result = optimize(run, Budget(min_entity_f1=target), bound=bound)
+    assert result.chosen.f1 >= target
+    assert result.f1_lower_bound is not None and result.f1_lower_bound >= target - 1e-6
+    assert result.chosen.mamabear_calls_avoided > 0.2
+    assert result.chosen.cost_per_token < run.evaluate({e: 1.0 for e in run.topology.edges})["cost_per_token"]
+    costs = [o.cost_per_token for o in result.frontier]
+    assert costs == sorted(costs) and [o.f1 for o in result.frontier] == sorted(o.f1 for o in result.frontier)
+
+
+def test_joint_saves_at_least_as_much_as_per_edge_at_a_met_budget():
+    run = synthetic_run(2000)
+    joint = optimize(run, Budget(min_entity_f1=0.97), bound="bootstrap")
+    per_edge = optimize(run, Budget(min_entity_f1=0.97), method="per_edge")
+    nearest = optimize(run, Budget(min_entity_f1=0.97), method="nearest")
+    assert joint.chosen.f1 >= 0.97
+    assert joint.chosen.cost_per_token <= per_edge.chosen.cost_per_token or per_edge.chosen.f1 < 0.97
+    assert abs(nearest.chosen.f1 - 0.97) <= abs(per_edge.chosen.f1 - 0.97) + 1e-9
+
+
+def test_guarantee_holds_over_resamples_at_about_the_stated_rate():
+    """Tune on small samples drawn from a large pool; the pool's F1 is the 'population' F1."""
+    pool = synthetic_run(4000, seed=3)
+    target, confidence = 0.97, 0.9
+    rng = np.random.default_rng(0)
+    ok = []
+    for k in range(20):
+        rows = rng.choice(pool.n, 600, replace=True)
+        result = optimize(pool.subset(rows), Budget(min_entity_f1=target, confidence=confidence), seed=k, n_candidates=10)
+        ok.append(pool.evaluate(result.thresholds)["f1"] >= target)
+    assert np.mean(ok) >= confidence - 0.1  # 20 draws: allow sampling error around the stated rate
+
+
+def test_per_label_budget_is_honoured():
+    run = synthetic_run(1500)
+    loose = optimize(run, Budget(min_entity_f1=0.9), bound="bootstrap")
+    strict = optimize(run, Budget(min_entity_f1=0.9, per_label={"PER": 0.995}), bound="bootstrap")
+    assert strict.chosen.per_label_f1["PER"] >= 0.995
+    assert strict.chosen.f1 >= 0.9
+    assert strict.chosen.cost_per_token >= loose.chosen.cost_per_token
+
+
+def test_coordinate_descent_matches_the_grid_closely_on_three_edges():
+    run = synthetic_run(800, chain=("a", "b", "c"))
+    grid = optimize(run, Budget(min_entity_f1=0.97), search="grid", bound="bootstrap", n_candidates=8)
+    coord = optimize(run, Budget(min_entity_f1=0.97), search="coordinate", bound="bootstrap", n_candidates=8)
+    assert coord.chosen.f1 >= 0.97
+    assert coord.chosen.cost_per_token <= 1.25 * grid.chosen.cost_per_token
+    assert coord.settings_scored < grid.settings_scored
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [
+        (Budget(min_entity_f1=1.5), "min_entity_f1 must be in"),
+        (Budget(min_entity_f1=0.0), "min_entity_f1 must be in"),
+        (Budget(confidence=1.0), "confidence must be in"),
+        (Budget(per_label={"PERSN": 0.99}), "PERSN: the mamabear never used this label here; labels: LOC, ORG, PER"),
+        (Budget(per_label={"PER": 2.0}), "per_label.PER must be in"),
+    ],
+)
+def test_bad_budgets_are_rejected_with_a_clear_error(budget, message):
+    with pytest.raises(BabybearError, match=message.replace(".", r"\.")):
+        optimize(synthetic_run(100), budget)
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(BabybearError, match="known: joint, per_edge, nearest"):
+        optimize(synthetic_run(100), Budget(), method="magic")  # type: ignore[arg-type]
