@@ -1,0 +1,139 @@
+"""Audit in production: a random fraction of the texts babybears answered also goes to the mamabear.
+
+>>> audit = Audit(circuit, fraction=0.05)
+>>> answers = audit(texts)        # the circuit's answers; sampled texts are queued, not checked inline
+>>> audit.flush()                 # batched, off the hot path: run the queued texts through every node
+>>> audit.report()                # realised entity-F1 vs the mamabear with its confidence interval, and alarm
+>>> circuit.tune(run=audit.cached_run())   # recalibrate the thresholds on the audited (new-domain) texts
+>>> audit.save("audit.json")      # or later: babybear tune DIR --audit audit.json
+
+Every answered text is sampled with probability ``fraction``. Texts the mamabear answered are its own answer
+(exact, no extra call), so realised F1 = counts of the mamabear's stratum (known) + the babybears' stratum
+estimated from its audited sample (scaled to the stratum's size). The interval is a bootstrap over the
+audited texts at the budget's confidence; the alarm fires when its upper end is below the budget (the drop
+is significant, not noise). The sampled texts of both strata form a uniform sample of the traffic; with
+every node's output on them they are a CachedRun that ``Circuit.tune(run=...)`` re-tunes on. Texts longer
+than one routing chunk are answered but not sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BabybearError
+from .graph import Circuit, _chunks, _load_cache, _save_cache
+from .metrics import f1, span_counts
+from .routing import CachedRun
+from .text import n_tokens
+from .types import Answer, Prediction, Span
+
+N_BOOTSTRAP = 1000
+
+
+class Audit:
+    """Samples ``fraction`` of answered texts for a mamabear check; call :meth:`flush` to run the checks."""
+
+    def __init__(self, circuit: Circuit, fraction: float = 0.05, batch_size: int = 64, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise BabybearError(f"audit fraction must be in (0, 1], got {fraction}")
+        self.circuit, self.fraction, self.batch_size = circuit, fraction, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.mamabear = circuit.mamabear
+        self.queue: list[tuple[str, tuple[Span, ...], str]] = []  # (text, answer, answering node)
+        self.texts: list[str] = []  # audited texts, in the order of ``preds``
+        self.answers: list[tuple[Span, ...]] = []  # the circuit's answers to them
+        self.preds: dict[str, list[Prediction]] = {n: [] for n in circuit.topology.order}
+        self.by_babybear: list[bool] = []
+        self.answered = {"babybear": 0, "mamabear": 0}
+        self.mamabear_tp = 0  # spans in the mamabear's own answers: true positives by definition
+
+    def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> list[Answer]:
+        """The circuit's answers to ``texts``; a random ``fraction`` of them is queued for the audit."""
+        answers = self.circuit(texts, ids)
+        for a in answers:
+            if a.node is None:
+                continue
+            by_mamabear = a.node == self.mamabear
+            self.answered["mamabear" if by_mamabear else "babybear"] += 1
+            self.mamabear_tp += len(a.spans) if by_mamabear else 0
+            if self.rng.random() < self.fraction and len(_chunks(a.text)) == 1:
+                self.queue.append((a.text, a.spans, a.node))
+        return answers
+
+    def flush(self) -> None:
+        """Run the queued texts through every node in batches (the mamabear only where a babybear answered)."""
+        for k in range(0, len(self.queue), self.batch_size):
+            batch = self.queue[k : k + self.batch_size]
+            texts = [t for t, _, _ in batch]
+            for name in self.circuit.topology.order:
+                if name != self.mamabear:
+                    self.preds[name] += self.circuit.node(name).predict_batch(texts)
+            checked = [i for i, (_, _, node) in enumerate(batch) if node != self.mamabear]
+            ref = dict(zip(checked, self.circuit.node(self.mamabear).predict_batch([texts[i] for i in checked]) if checked else []))
+            self.preds[self.mamabear] += [Prediction(ref[i].spans) if i in ref else Prediction(spans) for i, (_, spans, _) in enumerate(batch)]
+            self.texts += texts
+            self.answers += [spans for _, spans, _ in batch]
+            self.by_babybear += [node != self.mamabear for _, _, node in batch]
+        self.queue = []
+
+    def _babybear_counts(self) -> np.ndarray:
+        """(tp, fp, fn) of each audited babybear answer against the mamabear's."""
+        ref = self.preds[self.mamabear]
+        rows = [i for i, b in enumerate(self.by_babybear) if b]
+        return np.array([span_counts(self.answers[i], ref[i].spans) for i in rows], dtype=float).reshape(-1, 3)
+
+    def report(self) -> dict[str, Any]:
+        """Realised entity-F1 vs the mamabear, its interval at the budget's confidence, and the drift alarm."""
+        budget = self.circuit.budget
+        counts = self._babybear_counts()
+        n_b, m = self.answered["babybear"], len(counts)
+        scale = n_b / m if m else 0.0
+
+        def estimate(c: np.ndarray) -> float:
+            tp, fp, fn = c.sum(axis=0) * scale if len(c) else (0.0, 0.0, 0.0)
+            return f1(self.mamabear_tp + tp, fp, fn)
+
+        point = estimate(counts)
+        if m:
+            idx = self.rng.integers(0, m, size=(N_BOOTSTRAP, m))
+            reps = np.array([estimate(counts[i]) for i in idx])
+            alpha = 1 - budget.confidence
+            lo, hi = (float(v) for v in np.quantile(reps, [alpha / 2, 1 - alpha / 2]))
+        else:
+            lo, hi = (point, point) if n_b == 0 else (0.0, 1.0)
+        return {
+            "texts": sum(self.answered.values()),
+            "answered_by_babybears": n_b,
+            "audited": m,
+            "mamabear_calls_for_audit": m,
+            "realised_f1": point,
+            "interval": [lo, hi],
+            "confidence": budget.confidence,
+            "budget": budget.min_entity_f1,
+            "below_budget": point < budget.min_entity_f1,
+            "alarm": hi < budget.min_entity_f1,
+        }
+
+    def cached_run(self) -> CachedRun:
+        """Every node's output and gate score on the audited texts: tuning data from the current traffic."""
+        c = self.circuit
+        if not self.texts:
+            raise BabybearError("the audit has no checked texts yet: answer some texts and call flush() first")
+        scores = {(s, t): c.graph.edges[s, t]["gate"].score([p.evidence for p in self.preds[s]]) for s, t in c.graph.edges}
+        costs = {n: float(c.node(n).cost_ or 0.0) for n in c.topology.order}
+        return CachedRun(c.topology, {n: list(p) for n, p in self.preds.items()}, scores, costs, np.array([n_tokens(t) for t in self.texts]))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the audited texts and every node's output as JSON (the held-out cache's format)."""
+        path = Path(path)
+        _save_cache(path, self.texts, self.cached_run(), 0)
+        return path
+
+
+def load_run(path: str | Path, circuit: Circuit) -> CachedRun:
+    """The CachedRun of an audit saved by :meth:`Audit.save`, scored by ``circuit``'s gates."""
+    return _load_cache(Path(path), circuit)[1]

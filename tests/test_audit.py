@@ -1,0 +1,72 @@
+"""The production audit (fake nodes): realised F1 with an interval, the drift alarm, recalibration; CLI tune/report."""
+
+from __future__ import annotations
+
+import pytest
+
+from circuit import BabybearError, Circuit
+from circuit.audit import Audit, load_run
+from circuit.types import Prediction
+from tests.conftest import synthetic_texts
+
+
+@pytest.fixture
+def fitted(toy_circuit):
+    return toy_circuit.fit(synthetic_texts(600), progress=False)
+
+
+def drift(circuit: Circuit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The babybear turns confidently wrong: it drops its last entity but its evidence looks as before."""
+    node = circuit.node("memo")
+    original = node.predict_batch
+    monkeypatch.setattr(node, "predict_batch", lambda texts: [Prediction(p.spans[:-1], p.evidence) for p in original(texts)])
+
+
+def test_audit_estimates_realised_f1_and_stays_quiet_without_drift(fitted):
+    audit = Audit(fitted, fraction=0.3, seed=1)
+    answers = audit(synthetic_texts(400, seed=5))
+    assert len(answers) == 400 and len(audit.queue) > 50
+    audit.flush()
+    report = audit.report()
+    assert report["audited"] == sum(audit.by_babybear) > 30
+    assert report["interval"][0] <= report["realised_f1"] <= report["interval"][1]
+    assert report["realised_f1"] >= 0.97 and not report["alarm"]
+
+
+def test_drift_raises_the_alarm_and_recalibration_restores_the_budget(fitted, monkeypatch, tmp_path):
+    drift(fitted, monkeypatch)
+    audit = Audit(fitted, fraction=0.5, seed=2)
+    audit(synthetic_texts(400, seed=6))
+    audit.flush()
+    report = audit.report()
+    assert report["alarm"] and report["below_budget"] and report["interval"][1] < fitted.budget.min_entity_f1
+    run = load_run(audit.save(tmp_path / "audit.json"), fitted)
+    assert run.n == len(audit.texts)
+    fitted.tune(run=run)
+    after = Audit(fitted, fraction=0.5, seed=3)
+    after(synthetic_texts(400, seed=7))
+    after.flush()
+    assert after.report()["realised_f1"] >= fitted.budget.min_entity_f1
+
+
+def test_bad_fraction_and_empty_audit_are_explained(fitted):
+    with pytest.raises(BabybearError, match="fraction must be in"):
+        Audit(fitted, fraction=0)
+    with pytest.raises(BabybearError, match="no checked texts yet"):
+        Audit(fitted).cached_run()
+
+
+def test_cli_tune_and_report(fitted, tmp_path, capsys):
+    from circuit.cli import main
+
+    fitted.save(tmp_path / "f")
+    assert main(["tune", str(tmp_path / "f"), "--budget", "0.9", "--method", "per_edge"]) == 0
+    assert Circuit.load(tmp_path / "f").budget.min_entity_f1 == 0.9
+    assert main(["tune", str(tmp_path / "f"), "--budget", "0.95"]) == 0
+    assert "memo->mama" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "f"), "--out", str(tmp_path / "plots"), "--price-per-hour", "3", "--watts", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto frontier" in out and "mamabear calls" in out
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"frontier.png", "answered.png", "calibration.png", "price.png"}
+    assert main(["tune", str(tmp_path / "f"), "--budget", "1.5"]) == 2
+    assert "min_entity_f1" in capsys.readouterr().err
