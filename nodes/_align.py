@@ -6,11 +6,19 @@ which it sits furthest from an edge, so an entity that straddles a window bounda
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from circuit.types import Prediction, Span
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+LogitsFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+"""A model: int64 ``input_ids``, ``attention_mask``, ``token_type_ids`` of shape (batch, length) → logits
+(batch, length, n_labels)."""
 
 
 def token_windows(n_tokens: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -51,6 +59,9 @@ def decode(
 ) -> Prediction:
     """BIO-decode word-level labels (each word labelled by its first subword) into character spans.
 
+    A word tagged ``I-X`` continues an ``X`` entity; so does a ``B-X`` word glued to it with no character in
+    between (models that tag every piece of an e-mail ``B-EMAIL`` still give one span).
+
     ``offsets``/``word_ids`` are per token (special tokens have word id None and are skipped). Evidence: the
     log-probability of the decoded word sequence, the weakest word's probability, the mean, the weakest
     probability inside an entity, and counts.
@@ -80,7 +91,7 @@ def decode(
             cur = None
             continue
         ent_p.append(float(p[k]))
-        if prefix == "I" and cur and cur[2] == typ:
+        if cur and cur[2] == typ and (prefix == "I" or s == cur[1]):
             cur[1] = e
         else:
             if cur:
@@ -100,3 +111,56 @@ def decode(
     if keep_token_probs:
         token_probs = [(s, e, {id2label[j]: float(v) for j, v in enumerate(p)}) for s, e, p in words]
     return Prediction(spans=tuple(spans), evidence=evidence, token_probs=token_probs)
+
+
+def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a single sequence (``[CLS]``, ``[SEP]``)."""
+    enc = tokenizer.encode("a")
+    content = [i for i, special in enumerate(enc.special_tokens_mask) if not special]
+    return enc.ids[: content[0]], enc.ids[content[-1] + 1 :]
+
+
+def classify(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    logits: LogitsFn,
+    id2label: dict[int, str],
+    *,
+    max_length: int,
+    overlap: int,
+    batch_size: int,
+    keep_token_probs: bool = False,
+) -> list[Prediction]:
+    """Run a subword token classifier over texts of any length; one Prediction per text, in order.
+
+    Each text is tokenized once, cut into windows of at most ``max_length`` tokens (special tokens included)
+    that share ``overlap`` tokens, and the windows of all texts are run sorted by length in batches of
+    ``batch_size``, padded to the longest in each batch. Stitching and decoding are :func:`stitch` and
+    :func:`decode`.
+    """
+    prefix, suffix = special_tokens(tokenizer)
+    size = max_length - len(prefix) - len(suffix)
+    if not 0 <= overlap < size:
+        raise ValueError(f"need 0 <= overlap < {size} (max_length less special tokens), got {overlap}")
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    windows = [token_windows(len(enc.ids), size, size - overlap) if enc.ids else [] for enc in encodings]
+    jobs = sorted(((e - s, i, s) for i, wins in enumerate(windows) for s, e in wins), reverse=True)
+    window_probs: dict[tuple[int, int], np.ndarray] = {}
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b : b + batch_size]
+        width = len(prefix) + batch[0][0] + len(suffix)  # longest first, so the first row is the widest
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)  # padding id 0: masked out anyway
+        attention_mask = np.zeros_like(input_ids)
+        for row, (n, i, s) in enumerate(batch):
+            ids = prefix + encodings[i].ids[s : s + n] + suffix
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        probs = softmax(np.asarray(logits(inputs), dtype=np.float32))
+        for row, (n, i, s) in enumerate(batch):
+            window_probs[i, s] = probs[row, len(prefix) : len(prefix) + n]
+    out = []
+    for i, (enc, wins) in enumerate(zip(encodings, windows)):
+        probs = stitch(len(enc.ids), wins, [window_probs[i, s] for s, _ in wins])
+        out.append(decode(enc.offsets, enc.word_ids, probs, id2label, keep_token_probs))
+    return out
