@@ -110,12 +110,12 @@ class Audit:
             "answered_by_babybears": n_b,
             "audited": m,
             "mamabear_calls_for_audit": m,
-            "realised_f1": point,
+            "realised_f1": float(point),
             "interval": [lo, hi],
             "confidence": budget.confidence,
             "budget": budget.min_entity_f1,
-            "below_budget": point < budget.min_entity_f1,
-            "alarm": hi < budget.min_entity_f1,
+            "below_budget": bool(point < budget.min_entity_f1),
+            "alarm": bool(hi < budget.min_entity_f1),
         }
 
     def cached_run(self) -> CachedRun:
