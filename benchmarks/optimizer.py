@@ -101,12 +101,13 @@ def main() -> None:
                 "tuning": summary(pool, r.thresholds),
                 "test_simulated": summary(test, r.thresholds),
                 "test_real": {k: real[k] for k in ("entity_f1_vs_mamabear", "mamabear_calls_avoided", "wall_time_ratio", "texts")},
+                "switch_off": r.details.get("switch_off"),
             }
             if name == "joint_ltt":
                 frontier = [o.to_dict() for o in r.frontier]
             print(f"budget {b} {name:>16}: tuning {row[name]['tuning']}, test {row[name]['test_simulated']}", flush=True)
         for search in ("grid", "coordinate"):
-            r = optimize(pool, budget, search=search, bound="bootstrap")
+            r = optimize(pool, budget, search=search, bound="bootstrap", switch_off=False)
             row[f"search_{search}"] = {"cost_per_token": r.chosen.cost_per_token, "f1": r.chosen.f1, "settings_scored": r.settings_scored, "seconds": r.seconds}
         results["budgets"][str(b)] = row
         others = {k: row[k]["tuning"] for k in ("nearest", "per_edge", "joint_bootstrap")}
@@ -121,7 +122,7 @@ def main() -> None:
             rows = rng.choice(pool.n, pool.n // 2, replace=True)
             sample = pool.subset(rows)
             for name, kw in METHODS.items():
-                th = optimize(sample, budget, seed=k, **kw).thresholds
+                th = optimize(sample, budget, seed=k, switch_off=False, **kw).thresholds
                 hits[name]["pool"].append(pool.evaluate(th)["f1"] >= b)
                 hits[name]["test"].append(test.evaluate(th)["f1"] >= b)
                 hits[name]["calls_avoided"].append(pool.evaluate(th)["mamabear_calls_avoided"])

@@ -171,6 +171,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("Pareto frontier (seconds per token, entity-F1, mamabear calls avoided):")
     for p in result["frontier"]:
         print(f"  {p['cost_per_token']:.3e}  {p['f1']:.4f}  {p['mamabear_calls_avoided']:.1%}")
+    for node, alt in result.get("switch_off", {}).items():
+        print(f"without {node} (needs a routing change: its in-edges would lead past it): {alt['cost_per_token']:.3e} s/token, entity-F1 {alt['f1']:.4f}, saving {alt['saving']:.1%}")
     print(f"per 1M tokens at ${args.price_per_hour}/hour and {args.watts} W:")
     for name, v in tag.items():
         print(f"  {name:>15}: {v['mamabear_calls']:,.0f} mamabear calls, {v['compute_seconds']:,.0f} s, ${v['dollars']:.4f}, {v['kwh']:.4f} kWh")

@@ -39,7 +39,7 @@ from scipy import stats
 
 from .errors import BabybearError
 from .metrics import f1
-from .routing import CachedRun, Edge, merge
+from .routing import CachedRun, Edge, Topology, merge
 from .schema import Budget
 from .tuning import per_edge_thresholds
 
@@ -282,12 +282,15 @@ def optimize(
     bound: Bound = "ltt",
     n_candidates: int = N_CANDIDATES,
     seed: int = 0,
+    switch_off: bool = True,
 ) -> TuneResult:
     """Thresholds for every edge of ``run``'s circuit that meet ``budget`` at least cost.
 
     ``method="joint"`` is this module's optimizer; ``"per_edge"`` is circuit.tuning's independent rule and
     ``"nearest"`` BabyBear's one global threshold whose F1 is nearest the budget (both point estimates, kept
     for comparison). Every method reports the frontier of the joint candidates and its choice on all rows.
+    With ``switch_off`` the joint method also tunes the circuit without each middle node (see :func:`bypass`)
+    and reports in ``details["switch_off"]`` what that would cost: the routing has no way to skip a node yet.
     """
     labels = sorted({s.label for p in run.reference for s in p.spans})
     check_budget(budget, set(labels))
@@ -344,7 +347,32 @@ def optimize(
         lower = _f1_lower_t(scorer.outcome(chosen_thresholds, test)[1][:, 0, :].astype(float), budget.confidence)
     else:
         raise BabybearError(f"unknown bound {bound!r}; known: ltt, bootstrap")
+    if switch_off and method == "joint":
+        details["switch_off"] = {}
+        for node in _middle_nodes(run.topology):
+            alt = optimize(bypass(run, node), budget, search=search, bound=bound, n_candidates=n_candidates, seed=seed, switch_off=False)
+            details["switch_off"][node] = {**alt.chosen.to_dict(), "saving": 1 - alt.chosen.cost_per_token / chosen.cost_per_token}
     return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details)
+
+
+def _middle_nodes(topo: Topology) -> list[str]:
+    return [n for n in topo.order if n != topo.mamabear and n not in topo.roots]
+
+
+def bypass(run: CachedRun, node: str) -> CachedRun:
+    """``run`` with ``node`` switched off: its cost is not paid and each in-edge u -> node leads straight to
+    node's successors, judged by u's gate (which scores u's own answer, whatever comes next)."""
+    topo = run.topology
+    edges = [e for e in topo.edges if node not in e]
+    scores = {e: run.scores[e] for e in edges}
+    for u in [s for s, t in topo.edges if t == node]:
+        for w in [t for s, t in topo.edges if s == node]:
+            if (u, w) not in scores:
+                edges.append((u, w))
+                scores[(u, w)] = run.scores[(u, node)]
+    order = [n for n in topo.order if n != node]
+    sub = Topology(order, edges, {n: topo.labels[n] for n in order}, topo.mamabear)
+    return CachedRun(sub, {n: run.preds[n] for n in order}, scores, {n: c for n, c in run.costs.items() if n != node}, run.tokens)
 
 
 def _f1_lower_t(counts: np.ndarray, confidence: float) -> float:

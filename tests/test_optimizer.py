@@ -123,3 +123,12 @@ def test_bad_budgets_are_rejected_with_a_clear_error(budget, message):
 def test_unknown_method_is_rejected():
     with pytest.raises(BabybearError, match="known: joint, per_edge, nearest"):
         optimize(synthetic_run(100), Budget(), method="magic")  # type: ignore[arg-type]
+
+
+def test_switching_off_a_middle_node_is_priced():
+    run = synthetic_run(800, chain=("a", "b"))
+    result = optimize(run, Budget(min_entity_f1=0.95), bound="bootstrap", n_candidates=10)
+    off = result.details["switch_off"]["b"]
+    assert set(off["thresholds"]) == {"a->mama"} and off["f1"] >= 0.95
+    assert off["saving"] == pytest.approx(1 - off["cost_per_token"] / result.chosen.cost_per_token)
+    assert "switch_off" not in optimize(run, Budget(min_entity_f1=0.95), switch_off=False, n_candidates=10).details
