@@ -1,0 +1,130 @@
+"""A Hugging Face token classifier (``AutoModelForTokenClassification``) as the mamabear.
+
+Texts of any length are cut into overlapping token windows and never truncated; subword predictions become
+character spans through the tokenizer's offsets and word ids (:func:`nodes._align.classify`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from circuit.errors import BabybearError
+from circuit.node import Node, Params
+from circuit.types import Prediction
+
+from ._align import classify
+from ._models import resolve
+
+
+class TokenClassifierParams(Params):
+    """What every subword token classifier mamabear (PyTorch or ONNX) takes."""
+
+    model: str = Field(description="a model folder, an offline alias, or a Hugging Face hub id")
+    batch_size: int = Field(32, ge=1, description="windows per forward pass")
+    max_length: int = Field(512, ge=8, description="tokens per window, special tokens included")
+    stride: int = Field(128, ge=0, description="tokens shared by neighbouring windows of a long text")
+    keep_token_probs: bool = Field(True, description="return per-word label probabilities (soft labels)")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TokenClassifierParams:
+        if self.stride > self.max_length // 2:
+            raise ValueError(f"stride ({self.stride}) must be at most half of max_length ({self.max_length})")
+        return self
+
+
+class TokenClassifierNode(Node):
+    """Base of the subword token classifier mamabears: subclasses load a tokenizer and a model in ``warm_up``
+    and say how to get logits; texts of any length are windowed and decoded by :func:`nodes._align.classify`.
+
+    Evidence (from :func:`nodes._align.decode`): ``log_seq_prob``, ``min_prob``, ``mean_prob``,
+    ``min_entity_prob``, ``n_words``, ``n_spans``.
+    """
+
+    Params: ClassVar[type[Params]] = TokenClassifierParams
+    role: ClassVar[Literal["babybear", "mamabear"]] = "mamabear"
+    params: TokenClassifierParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._tokenizer: Any = None  # a tokenizers.Tokenizer
+        self._id2label: dict[int, str] = {}
+        self._input_names: set[str] = set()  # the inputs the model takes
+
+    def _set_tokenizer(self, tokenizer: Any, id2label: dict[Any, str]) -> None:
+        tokenizer.no_truncation()  # classify() does the windowing
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self._id2label = {int(k): v for k, v in id2label.items()}
+
+    @abstractmethod
+    def _logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits (batch, length, n_labels) for int64 ``input_ids``, ``attention_mask``, ``token_type_ids``."""
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        self.warm_up()
+        return classify(
+            self._tokenizer,
+            texts,
+            self._logits,
+            self._id2label,
+            max_length=self.params.max_length,
+            overlap=self.params.stride,
+            batch_size=self.params.batch_size,
+            keep_token_probs=self.params.keep_token_probs,
+        )
+
+
+class HFTokenClassifier(TokenClassifierNode):
+    """Entity spans from a PyTorch ``AutoModelForTokenClassification``, on CPU or CUDA."""
+
+    class Params(TokenClassifierParams):
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+            "auto", description="auto: float16 on CUDA, float32 on CPU"
+        )
+
+    params: HFTokenClassifier.Params
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._model: Any = None
+        self._device: str | None = None
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        device = self.params.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype_name = self.params.dtype
+        if dtype_name == "auto":
+            dtype_name = "float16" if device == "cuda" else "float32"
+        path = resolve(self.params.model, "hf")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not tokenizer.is_fast:
+            raise BabybearError(f"model '{self.params.model}' has no fast tokenizer (tokenizer.json); need offsets")
+        model = AutoModelForTokenClassification.from_pretrained(path)
+        self._model = model.to(device=device, dtype=getattr(torch, dtype_name)).eval()
+        self._set_tokenizer(tokenizer.backend_tokenizer, model.config.id2label)
+        self._input_names = set(tokenizer.model_input_names)
+        self._device = device
+
+    @property
+    def device(self) -> str:
+        """``"gpu"`` when the model runs on CUDA (known after :meth:`warm_up`; before it, when asked for)."""
+        return "gpu" if (self._device or self.params.device) == "cuda" else "cpu"
+
+    def _logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        feed = {k: torch.from_numpy(v).to(self._device) for k, v in inputs.items() if k in self._input_names}
+        with torch.inference_mode():
+            return self._model(**feed).logits.float().cpu().numpy()
