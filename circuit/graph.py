@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,12 @@ from . import registry
 from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
-from .progress import track
-from .routing import CachedRun, Edge, Topology, merge
+from .routing import CachedRun, Edge, Topology
+from .scheduler import MAX_CHARS, OVERLAP, Scheduler
 from .schema import Budget, CircuitSpec, load_spec, validate
 from .text import n_tokens, split_text, stitch_spans
 from .optimizer import Method, optimize
 from .types import Answer, Prediction, Span
-
-MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
 
 
 class Circuit:
@@ -177,15 +175,9 @@ class Circuit:
 
     # -- running -----------------------------------------------------------------------------------------------
     def _predict(self, name: str, texts: Sequence[str], batch_size: int, progress: bool) -> list[Prediction]:
-        node = self.node(name)
-        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-        out: list[Prediction] = []
-        for batch in track(batches, len(texts), f"{name:>12}", progress and len(batches) > 1, size=len):
-            preds = node.predict_batch(batch)
-            if len(preds) != len(batch):
-                raise BabybearError(f"node '{name}' returned {len(preds)} predictions for {len(batch)} texts")
-            out += preds
-        return out
+        """Node ``name``'s answers through the scheduler; a text it fails on gets an empty one (and a warning)."""
+        with Scheduler(self, batch_size, progress=progress) as scheduler:
+            return scheduler.predict(name, texts).preds
 
     def route(self, units: Sequence[str], batch_size: int = 256, progress: bool = False) -> tuple[list[tuple[Span, ...]], list[str], dict]:
         """Route text units through the circuit: (answers, answering node, per-node stats)."""
@@ -197,68 +189,27 @@ class Circuit:
     ) -> tuple[list[tuple[Span, ...]], list[str], list[float | None], dict]:
         """Like :meth:`route`, plus each unit's confidence: the lowest gate score on its answering node's
         out-edges (every one of them let it stop there); None when that node has no out-edge (the mamabear)."""
-        topo = self.topology
-        thresholds = self.thresholds
-        if any(v is None for v in thresholds.values()):
-            raise NotFittedError("the circuit has edges without thresholds: fit it (Circuit.fit) or load a fitted one")
-        n = len(units)
-        reach = {name: np.zeros(n, dtype=bool) for name in topo.order}
-        for r in topo.roots:
-            reach[r][:] = True
-        preds: dict[str, dict[int, Prediction]] = {name: {} for name in topo.order}
-        lowest = {name: np.ones(n) for name in topo.order}  # lowest out-edge gate score per unit
-        stats: dict[str, dict[str, float]] = {}
-        for name in topo.order:
-            idx = np.flatnonzero(reach[name])
-            start = time.perf_counter()
-            out = self._predict(name, [units[i] for i in idx], batch_size, progress) if len(idx) else []
-            stats[name] = {"texts": int(len(idx)), "seconds": time.perf_counter() - start}
-            preds[name] = dict(zip(idx.tolist(), out))
-            for succ in self.graph.successors(name):
-                data = self.graph.edges[name, succ]
-                scores = data["gate"].score([p.evidence for p in out])
-                reach[succ][idx[scores < data["threshold"]]] = True
-                lowest[name][idx] = np.minimum(lowest[name][idx], scores)
-        answers, exits, confidences = [], [], []
-        for i in range(n):
-            visited = [name for name in topo.order if reach[name][i]]
-            answers.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
-            exits.append(visited[-1])
-            confidences.append(float(lowest[visited[-1]][i]) if self.graph.out_degree(visited[-1]) else None)
-        return answers, exits, confidences, stats
+        with Scheduler(self, batch_size, progress=progress) as scheduler:
+            routed = scheduler.route(units)
+        return routed.spans, routed.exits, routed.confidences, routed.stats
 
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
-        """Answer every text, in order. Blank texts get no entities without running a model (``node`` None)."""
+        """Answer every text, in order. Blank texts get no entities without running a model (``node`` None).
+        A text a node fails on gets no entities and ``error`` (see :class:`circuit.scheduler.Scheduler`)."""
         answers, _ = self._run(texts, ids, batch_size, progress)
         return answers
 
-    def _run(self, texts: Sequence[str], ids: Sequence[str] | None, batch_size: int, progress: bool) -> tuple[list[Answer], dict]:
-        if ids is not None and len(ids) != len(texts):
-            raise BabybearError(f"got {len(ids)} ids for {len(texts)} texts")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise BabybearError(f"text {ids[i] if ids else i!r} is {type(t).__name__}, not str")
+    def stream(self, texts: Iterable[str], ids: Iterable[str] | None = None, chunk: int = 10_000, batch_size: int = 256) -> Iterator[Answer]:
+        """Answer an iterable of any length in order and in flat memory, ``chunk`` texts at a time; GPU nodes
+        work on one chunk while the CPU nodes start on the next."""
         self.warm_up()
-        units, owner, chunks = [], [], []
-        for i, text in enumerate(texts):
-            parts = split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
-            chunks.append(parts)
-            for s, e, _, _ in parts:
-                units.append(text[s:e])
-                owner.append(i)
-        spans, exits, confidences, stats = self.route_with_confidence(units, batch_size, progress)
-        rank = {n: i for i, n in enumerate(self.topology.order)}
-        per_text: list[list[int]] = [[] for _ in texts]
-        for u, i in enumerate(owner):
-            per_text[i].append(u)
-        answers = []
-        for i, text in enumerate(texts):
-            us = per_text[i]
-            node = max((exits[u] for u in us), key=rank.__getitem__) if us else None
-            scores = [c for u in us if exits[u] == node and (c := confidences[u]) is not None]
-            answer_spans = stitch_spans(chunks[i], [spans[u] for u in us])
-            answers.append(Answer(text, answer_spans, node, ids[i] if ids else None, min(scores) if scores else None))
-        return answers, stats
+        with Scheduler(self, batch_size) as scheduler:
+            yield from scheduler.stream(texts, ids, chunk)
+
+    def _run(self, texts: Sequence[str], ids: Sequence[str] | None, batch_size: int, progress: bool) -> tuple[list[Answer], dict]:
+        self.warm_up()
+        with Scheduler(self, batch_size, progress=progress) as scheduler:
+            return scheduler.run(texts, ids)
 
     # -- warm-up -----------------------------------------------------------------------------------------------
     def fit(self, texts: Sequence[str], *, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), batch_size: int = 256, progress: bool = True) -> Circuit:

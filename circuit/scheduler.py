@@ -1,0 +1,320 @@
+"""The scheduler: how a circuit's nodes are fed, batched, overlapped and protected from each other's faults.
+
+* Each node gets the units that reach it as micro-batches cut by a padded-token budget after sorting by
+  length (length buckets), so a batch of short sentences is wide and a batch of long ones narrow.
+* Nodes run in topological waves (nodes of a wave do not depend on each other). A node whose ``device`` is
+  ``"gpu"`` runs on one worker thread, so the CPU babybears keep working meanwhile: within a wave, and across
+  chunks of a stream (the GPU answers chunk k's survivors while the CPU nodes start on chunk k+1).
+* Faults: an out-of-memory error halves the node's batch and retries; any other error is bisected down to the
+  text that causes it, which gets an empty answer carrying a :class:`NodeError`; the rest go on.
+* Results come back in input order, and a stream of any length runs in flat memory (two chunks in flight).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+
+from .errors import BabybearError, NodeError, NotFittedError
+from .progress import track
+from .routing import merge
+from .text import n_tokens, split_text, stitch_spans
+from .types import Answer, Prediction, Span
+
+if TYPE_CHECKING:
+    from .graph import Circuit
+
+MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
+TOKEN_BUDGET = 32_768  # padded tokens (longest text x texts) per micro-batch
+_OOM_MESSAGES = ("out of memory", "failed to allocate memory", "cuda_error_out_of_memory")
+log = logging.getLogger("babybear")
+
+
+def micro_batches(lengths: Sequence[int], max_texts: int, max_tokens: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices into ``lengths`` grouped shortest first into batches of at most ``max_texts`` texts whose
+    padded size (longest length x count) stays within ``max_tokens`` (a single longer text gets its own batch)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        width = max(lengths[i], 1)
+        if current and (len(current) >= max_texts or width * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for CUDA (torch) and onnxruntime allocation failures, and host MemoryError."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, MemoryError) or any(m in str(err).lower() for m in _OOM_MESSAGES)
+
+
+def _release_gpu_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class NodeRun:
+    """One node's answers on some units: predictions in order, failures by position, and the seconds it took."""
+
+    preds: list[Prediction]
+    errors: dict[int, NodeError] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Routed:
+    """Routed units: each one's answer, the node it exited at, its confidence (the lowest gate score on that node's
+    out-edges; None for a node without any), its error (if a node failed on it), and per-node stats."""
+
+    spans: list[tuple[Span, ...]]
+    exits: list[str]
+    confidences: list[float | None]
+    errors: dict[int, NodeError]
+    stats: dict[str, dict[str, float]]
+
+
+Wave = dict[str, tuple[list[str], list[str]]]  # node -> (texts, ids) it must answer in this wave
+RouteSteps = Generator[Wave, dict[str, NodeRun], Routed]
+
+
+@dataclass
+class _Job:
+    """A chunk in flight: its routing steps, and the wave it waits on (CPU results done, GPU ones pending)."""
+
+    steps: RouteSteps
+    finish: Callable[[Routed], list[Answer]] | None = None  # whole texts from routed units
+    done: dict[str, NodeRun] = field(default_factory=dict)
+    pending: dict[str, Future[NodeRun]] = field(default_factory=dict)
+    result: Routed | None = None
+
+
+class Scheduler:
+    """Runs a circuit's nodes over many texts: micro-batching, CPU/GPU overlap, fault isolation, order kept.
+
+    ``batch_size`` caps the texts per micro-batch, ``token_budget`` its padded tokens. Use it as a context
+    manager (or call :meth:`close`) to stop the GPU worker thread.
+    """
+
+    def __init__(self, circuit: Circuit, batch_size: int = 256, token_budget: int = TOKEN_BUDGET, progress: bool = False) -> None:
+        if batch_size < 1 or token_budget < 1:
+            raise BabybearError(f"batch_size and token_budget must be >= 1, got {batch_size} and {token_budget}")
+        self.circuit = circuit
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+        self.progress = progress
+        self._caps: dict[str, int] = {}  # per node: the batch size it last ran out of memory above
+        self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="babybear-gpu")
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._gpu.shutdown(wait=True)
+
+    # -- one node ----------------------------------------------------------------------------------------------
+    def predict(self, name: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> NodeRun:
+        """Node ``name``'s answers on ``texts`` in order; a text it fails on gets ``Prediction()`` and an error."""
+        ids = [str(i) for i in range(len(texts))] if ids is None else ids
+        node = self.circuit.node(name)
+        start = time.perf_counter()
+        run = NodeRun([Prediction()] * len(texts))
+        batches = micro_batches([n_tokens(t) for t in texts], self.batch_size, self.token_budget)
+        show = self.progress and len(batches) > 1
+        for batch in track(batches, len(texts), f"{name:>12}", show, size=len):
+            self._guarded(name, node, batch, texts, ids, run)
+        run.seconds = time.perf_counter() - start
+        return run
+
+    def _guarded(self, name: str, node: object, batch: list[int], texts: Sequence[str], ids: Sequence[str], run: NodeRun) -> None:
+        """Answer ``batch`` into ``run``: halve on out-of-memory, bisect other failures down to the culprit."""
+        cap = self._caps.get(name, len(batch))
+        if len(batch) > cap:
+            for k in range(0, len(batch), cap):
+                self._guarded(name, node, batch[k : k + cap], texts, ids, run)
+            return
+        try:
+            preds = node.predict_batch([texts[i] for i in batch])  # type: ignore[attr-defined]
+        except BabybearError:
+            raise  # a configuration or contract problem, not a bad text
+        except Exception as err:  # noqa: BLE001 - any failure of a model on its input is isolated
+            if len(batch) == 1:
+                run.errors[batch[0]] = NodeError(name, ids[batch[0]], err)
+                log.warning("%s", run.errors[batch[0]])
+                return
+            if is_out_of_memory(err):
+                _release_gpu_memory()
+                self._caps[name] = len(batch) // 2
+                log.warning("node '%s' ran out of memory on %d texts; retrying in batches of %d", name, len(batch), len(batch) // 2)
+            half = len(batch) // 2
+            self._guarded(name, node, batch[:half], texts, ids, run)
+            self._guarded(name, node, batch[half:], texts, ids, run)
+            return
+        if len(preds) != len(batch):
+            raise BabybearError(f"node '{name}' returned {len(preds)} predictions for {len(batch)} texts")
+        for i, p in zip(batch, preds):
+            run.preds[i] = p
+
+    # -- routing -----------------------------------------------------------------------------------------------
+    def route_steps(self, units: Sequence[str], ids: Sequence[str]) -> RouteSteps:
+        """Route ``units`` one topological wave at a time: yields the work of a wave, receives its results."""
+        circuit = self.circuit
+        topo = circuit.topology
+        thresholds = circuit.thresholds
+        if any(v is None for v in thresholds.values()):
+            raise NotFittedError("the circuit has edges without thresholds: fit it (Circuit.fit) or load a fitted one")
+        n = len(units)
+        reach = {name: np.zeros(n, dtype=bool) for name in topo.order}
+        for r in topo.roots:
+            reach[r][:] = True
+        failed = np.zeros(n, dtype=bool)
+        preds: dict[str, dict[int, Prediction]] = {name: {} for name in topo.order}
+        errors: dict[int, NodeError] = {}
+        lowest = {name: np.ones(n) for name in topo.order}  # lowest out-edge gate score per unit
+        stats: dict[str, dict[str, float]] = {name: {"texts": 0, "seconds": 0.0} for name in topo.order}
+        rank = {name: k for k, name in enumerate(topo.order)}
+        for wave in nx.topological_generations(circuit.graph):
+            wave = sorted(wave, key=rank.__getitem__)
+            idx = {name: np.flatnonzero(reach[name] & ~failed) for name in wave}
+            work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix)}
+            results = (yield work) if work else {}
+            for name, run in results.items():
+                ix = idx[name]
+                stats[name] = {"texts": len(ix), "seconds": run.seconds}
+                preds[name] = dict(zip(ix.tolist(), run.preds))
+                ok = np.ones(len(ix), dtype=bool)
+                for j, err in run.errors.items():
+                    errors[int(ix[j])] = err
+                    failed[ix[j]] = ok[j] = False
+                for succ in circuit.graph.successors(name) if ok.any() else ():
+                    edge = circuit.graph.edges[name, succ]
+                    scores = edge["gate"].score([p.evidence for p, good in zip(run.preds, ok) if good])
+                    reach[succ][ix[ok][scores < edge["threshold"]]] = True
+                    lowest[name][ix[ok]] = np.minimum(lowest[name][ix[ok]], scores)
+        spans, exits, confidences = [], [], []
+        for i in range(n):
+            if i in errors:
+                spans.append(())
+                exits.append(errors[i].node)
+                confidences.append(None)
+                continue
+            visited = [name for name in topo.order if reach[name][i]]
+            spans.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
+            exits.append(visited[-1])
+            confidences.append(float(lowest[visited[-1]][i]) if circuit.graph.out_degree(visited[-1]) else None)
+        return Routed(spans, exits, confidences, errors, stats)
+
+    def _advance(self, job: _Job) -> None:
+        """Drive ``job`` until it waits on the GPU worker or is done: CPU nodes run here, GPU nodes are queued."""
+        while not job.pending and job.result is None:
+            try:
+                work = job.steps.send(job.done or None)  # None starts it; then the last wave's results
+            except StopIteration as stop:
+                job.result = stop.value
+                return
+            job.done = {}
+            # progress bars draw one at a time, so with them on the GPU nodes run here too (no overlap)
+            gpu = [] if self.progress else [name for name in work if self.circuit.node(name).device == "gpu"]
+            job.pending = {name: self._gpu.submit(self.predict, name, *work[name]) for name in gpu}
+            for name in work:
+                if name not in job.pending:
+                    job.done[name] = self.predict(name, *work[name])
+
+    def _complete(self, job: _Job) -> Routed:
+        """Wait for ``job``'s GPU work, wave after wave, and return its routed units."""
+        while job.result is None:
+            job.done.update({name: future.result() for name, future in job.pending.items()})
+            job.pending = {}
+            self._advance(job)
+        return job.result
+
+    def route(self, units: Sequence[str], ids: Sequence[str] | None = None) -> Routed:
+        """Route ``units`` through the circuit (ids name them in errors; their positions by default)."""
+        ids = [str(i) for i in range(len(units))] if ids is None else ids
+        job = _Job(self.route_steps(units, ids))
+        self._advance(job)
+        return self._complete(job)
+
+    # -- texts -------------------------------------------------------------------------------------------------
+    def _job(self, texts: Sequence[str], ids: Sequence[str] | None) -> _Job:
+        """A job answering whole ``texts``: long ones are split into units and their spans stitched back."""
+        if ids is not None and len(ids) != len(texts):
+            raise BabybearError(f"got {len(ids)} ids for {len(texts)} texts")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise BabybearError(f"text {ids[i] if ids else i!r} is {type(t).__name__}, not str")
+        names = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        units, unit_ids, chunks = [], [], []
+        per_text: list[list[int]] = []
+        for i, text in enumerate(texts):
+            parts = split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
+            chunks.append(parts)
+            per_text.append(list(range(len(units), len(units) + len(parts))))
+            units += [text[s:e] for s, e, _, _ in parts]
+            unit_ids += [names[i]] * len(parts)
+        rank = {n: k for k, n in enumerate(self.circuit.topology.order)}
+
+        def finish(routed: Routed) -> list[Answer]:
+            answers = []
+            for i, text in enumerate(texts):
+                us = per_text[i]
+                error = next((routed.errors[u] for u in us if u in routed.errors), None)
+                node = max((routed.exits[u] for u in us), key=rank.__getitem__) if us else None
+                text_id = ids[i] if ids is not None else None
+                if error:
+                    answers.append(Answer(text, (), error.node, text_id, error=str(error)))
+                    continue
+                scores = [c for u in us if routed.exits[u] == node and (c := routed.confidences[u]) is not None]
+                spans = stitch_spans(chunks[i], [routed.spans[u] for u in us])
+                answers.append(Answer(text, spans, node, text_id, min(scores) if scores else None))
+            return answers
+
+        return _Job(self.route_steps(units, unit_ids), finish=finish)
+
+    def run(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> tuple[list[Answer], dict[str, dict[str, float]]]:
+        """Answer every text in order; also returns per-node stats (texts reached, seconds)."""
+        job = self._job(texts, ids)
+        self._advance(job)
+        routed = self._complete(job)
+        return job.finish(routed), routed.stats  # type: ignore[misc]
+
+    def stream(self, texts: Iterable[str], ids: Iterable[str] | None = None, chunk: int = 10_000) -> Iterator[Answer]:
+        """Answer an iterable of any length in order, ``chunk`` texts at a time, at most two chunks in flight:
+        while the GPU nodes work on one chunk, the CPU nodes work on the next."""
+        if chunk < 1:
+            raise BabybearError(f"chunk must be >= 1, got {chunk}")
+        texts_it = iter(texts)
+        ids_it = iter(ids) if ids is not None else None
+        in_flight: deque[_Job] = deque()
+        while part := list(itertools.islice(texts_it, chunk)):
+            part_ids = list(itertools.islice(ids_it, len(part))) if ids_it is not None else None
+            job = self._job(part, part_ids)
+            self._advance(job)
+            in_flight.append(job)
+            if len(in_flight) == 2:
+                yield from self._answers(in_flight.popleft())
+        while in_flight:
+            yield from self._answers(in_flight.popleft())
+
+    def _answers(self, job: _Job) -> list[Answer]:
+        return job.finish(self._complete(job))  # type: ignore[misc]
