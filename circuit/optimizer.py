@@ -219,15 +219,15 @@ def pareto(outcomes: list[Outcome]) -> list[Outcome]:
 
 
 def _search(
-    scorer: Scorer, grid: dict[Edge, list[float]], feasible: Callable[[Outcome, np.ndarray], bool], rows: np.ndarray, how: Search
+    scorer: Scorer, grid: dict[Edge, list[float]], feasible: Callable[[Outcome], bool], rows: np.ndarray, how: Search
 ) -> tuple[Outcome, list[Outcome]]:
     """The cheapest setting ``feasible`` accepts among the candidates, and every setting scored on the way."""
     edges = scorer.edges
-    seen: dict[tuple[float, ...], tuple[Outcome, np.ndarray]] = {}
+    seen: dict[tuple[float, ...], Outcome] = {}
 
-    def score(values: tuple[float, ...]) -> tuple[Outcome, np.ndarray]:
+    def score(values: tuple[float, ...]) -> Outcome:
         if values not in seen:
-            seen[values] = scorer.outcome(dict(zip(edges, values)), rows)
+            seen[values] = scorer.outcome(dict(zip(edges, values)), rows)[0]
         return seen[values]
 
     safe = tuple(1.0 for _ in edges)
@@ -235,8 +235,8 @@ def _search(
         for values in itertools.product(*(grid[e] for e in edges)):
             score(values)
         best = safe
-        for values, (o, c) in sorted(seen.items(), key=lambda kv: kv[1][0].cost_per_token):
-            if values == safe or feasible(o, c):
+        for values, o in sorted(seen.items(), key=lambda kv: kv[1].cost_per_token):
+            if values == safe or feasible(o):
                 best = values
                 break
     else:
@@ -247,13 +247,13 @@ def _search(
             for k in reversed(range(len(edges))):  # from the mamabear back: its share dominates the cost
                 e = edges[k]
                 options = [best[:k] + (v,) + best[k + 1 :] for v in grid[e]]
-                for values in sorted(options, key=lambda v: score(v)[0].cost_per_token):
-                    if score(values)[0].cost_per_token >= score(best)[0].cost_per_token:
+                for values in sorted(options, key=lambda v: score(v).cost_per_token):
+                    if score(values).cost_per_token >= score(best).cost_per_token:
                         break
-                    if feasible(*score(values)):
+                    if feasible(score(values)):
                         best, improved = values, True
                         break
-    return score(best)[0], [o for o, _ in seen.values()]
+    return score(best), list(seen.values())
 
 
 def _t_pvalue(x: np.ndarray) -> float:
@@ -310,19 +310,19 @@ def optimize(
 
     if method == "per_edge":
         chosen, _ = scorer.outcome(per_edge_thresholds(run, budget.min_entity_f1))
-        _, scored = _search(scorer, grid, lambda o, c: _meets(o, budget), all_rows, how)
+        _, scored = _search(scorer, grid, lambda o: _meets(o, budget), all_rows, how)
     elif method == "nearest":
         sweep = [scorer.outcome({e: t for e in scorer.edges})[0] for t in sorted({v for vs in grid.values() for v in vs})]
         chosen = min(sweep, key=lambda o: (abs(o.f1 - budget.min_entity_f1), o.cost_per_token))
-        _, scored = _search(scorer, grid, lambda o, c: _meets(o, budget), all_rows, how)
+        _, scored = _search(scorer, grid, lambda o: _meets(o, budget), all_rows, how)
         scored += sweep
     elif bound == "bootstrap":
         weights = rng.poisson(1.0, size=(N_BOOTSTRAP, run.n)).astype(np.float32)
 
-        def feasible(o: Outcome, c: np.ndarray) -> bool:
+        def feasible(o: Outcome) -> bool:
             if not _meets(o, budget):
                 return False
-            x = margins(c.astype(np.float32), targets[None, :])  # (n, constraints)
+            x = margins(scorer.outcome(o.thresholds)[1].astype(np.float32), targets[None, :])  # (n, constraints)
             return float(((weights @ x) >= 0).all(axis=1).mean()) >= budget.confidence
 
         chosen, scored = _search(scorer, grid, feasible, all_rows, how)
@@ -330,7 +330,7 @@ def optimize(
     elif bound == "ltt":
         perm = rng.permutation(run.n)
         learn, test = np.sort(perm[: run.n // 2]), np.sort(perm[run.n // 2 :])
-        _, learned = _search(scorer, grid, lambda o, c: _meets(o, budget), learn, how)
+        _, learned = _search(scorer, grid, lambda o: _meets(o, budget), learn, how)
         path = sorted(pareto(learned), key=lambda o: -o.cost_per_token)  # safest first
         delta = 1 - budget.confidence
         chosen_thresholds = {e: 1.0 for e in scorer.edges}
