@@ -65,14 +65,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     source = open(args.input, encoding="utf-8", errors="replace") if args.input else sys.stdin
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        records = _records(source)
-        while chunk := list(itertools.islice(records, STREAM_CHUNK)):
-            answers = circuit([r["text"] for r in chunk], ids=[r["id"] for r in chunk], progress=False)
-            for record, answer in zip(chunk, answers):
-                out = answer.to_dict()
-                if "error" in record:
-                    out["error"] = record["error"]
-                sink.write(json.dumps(out, ensure_ascii=False) + "\n")
+        # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
+        for_texts, for_ids, for_output = itertools.tee(_records(source), 3)
+        texts, ids = (r["text"] for r in for_texts), (r["id"] for r in for_ids)
+        for answer, record in zip(circuit.stream(texts, ids, chunk=STREAM_CHUNK), for_output):
+            out = answer.to_dict()
+            if "error" in record:
+                out["error"] = record["error"]
+            sink.write(json.dumps(out, ensure_ascii=False) + "\n")
     finally:
         if args.input:
             source.close()
