@@ -65,8 +65,8 @@ def test_chosen_setting_meets_the_bound_on_its_own_data_and_saves(bound, target)
 
 
 def test_joint_saves_at_least_as_much_as_per_edge_at_a_met_budget():
-    run = synthetic_run(2000)
-    joint = optimize(run, Budget(min_entity_f1=0.97), bound="bootstrap")
+    run = synthetic_run(1200)
+    joint = optimize(run, Budget(min_entity_f1=0.97), bound="bootstrap", switch_off=False)
     per_edge = optimize(run, Budget(min_entity_f1=0.97), method="per_edge")
     nearest = optimize(run, Budget(min_entity_f1=0.97), method="nearest")
     assert joint.chosen.f1 >= 0.97
@@ -76,21 +76,21 @@ def test_joint_saves_at_least_as_much_as_per_edge_at_a_met_budget():
 
 def test_guarantee_holds_over_resamples_at_about_the_stated_rate():
     """Tune on small samples drawn from a large pool; the pool's F1 is the 'population' F1."""
-    pool = synthetic_run(4000, seed=3)
+    pool = synthetic_run(3000, seed=3)
     target, confidence = 0.97, 0.9
     rng = np.random.default_rng(0)
     ok = []
     for k in range(20):
-        rows = rng.choice(pool.n, 600, replace=True)
-        result = optimize(pool.subset(rows), Budget(min_entity_f1=target, confidence=confidence), seed=k, n_candidates=10)
+        rows = rng.choice(pool.n, 500, replace=True)
+        result = optimize(pool.subset(rows), Budget(min_entity_f1=target, confidence=confidence), seed=k, n_candidates=8, switch_off=False)
         ok.append(pool.evaluate(result.thresholds)["f1"] >= target)
     assert np.mean(ok) >= confidence - 0.1  # 20 draws: allow sampling error around the stated rate
 
 
 def test_per_label_budget_is_honoured():
     run = synthetic_run(1500)
-    loose = optimize(run, Budget(min_entity_f1=0.9), bound="bootstrap")
-    strict = optimize(run, Budget(min_entity_f1=0.9, per_label={"PER": 0.995}), bound="bootstrap")
+    loose = optimize(run, Budget(min_entity_f1=0.9), bound="bootstrap", switch_off=False)
+    strict = optimize(run, Budget(min_entity_f1=0.9, per_label={"PER": 0.995}), bound="bootstrap", switch_off=False)
     assert strict.chosen.per_label_f1["PER"] >= 0.995
     assert strict.chosen.f1 >= 0.9
     assert strict.chosen.cost_per_token >= loose.chosen.cost_per_token
