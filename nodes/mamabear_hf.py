@@ -125,6 +125,8 @@ class HFTokenClassifier(TokenClassifierNode):
     def _logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        feed = {k: torch.from_numpy(v).to(self._device) for k, v in inputs.items() if k in self._input_names}
+        feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in self._input_names}
+        if self._device == "cuda":  # pinned host memory: the copy to the GPU is a single asynchronous DMA
+            feed = {k: v.pin_memory().to(self._device, non_blocking=True) for k, v in feed.items()}
         with torch.inference_mode():
             return self._model(**feed).logits.float().cpu().numpy()

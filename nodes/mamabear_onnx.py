@@ -72,5 +72,11 @@ class ONNXTokenClassifier(TokenClassifierNode):
         return "gpu" if isinstance(providers, list) and providers[:1] == ["CUDAExecutionProvider"] else "cpu"
 
     def _logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: v for k, v in inputs.items() if k in self._input_names}
-        return self._session.run([self._output], feed)[0]
+        """Runs with I/O binding: inputs are copied to the device once, logits are kept there until read back."""
+        binding = self._session.io_binding()
+        for name, value in inputs.items():
+            if name in self._input_names:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output(self._output, "cuda" if self.device == "gpu" else "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
