@@ -45,9 +45,21 @@ class Token(NamedTuple):
     end: int
 
 
+_new_tuple = tuple.__new__  # builds a Token without NamedTuple's Python-level __new__
+
+
 def tokenize(text: str) -> list[Token]:
     """Split ``text`` into tokens with character offsets on ``text`` itself."""
-    return [Token(m.group(), m.start(), m.end()) for m in TOKEN_RE.finditer(text)]
+    # findall + str.find is about twice as fast as finditer's match objects. Only whitespace and control
+    # characters lie between tokens, so the next occurrence of a token's text is the token itself.
+    tokens = []
+    end = 0
+    find = text.find
+    for word in TOKEN_RE.findall(text):
+        start = find(word, end)
+        end = start + len(word)
+        tokens.append(_new_tuple(Token, (word, start, end)))
+    return tokens
 
 
 def spans_to_bio(tokens: Sequence[Token], spans: Sequence[Span]) -> list[str]:
