@@ -86,6 +86,15 @@ class WordFeatures:
         return out
 
 
+class InMemoryTagger(pycrfsuite.Tagger):
+    """A crfsuite tagger on model bytes, which it keeps alive: crfsuite reads them in place, without a copy."""
+
+    def __init__(self, model: bytes) -> None:
+        super().__init__()
+        self.model = model
+        self.open_inmemory(model)  # raises ValueError on bytes that are not a crfsuite model
+
+
 class CRFTagger(Node):
     """A CRF over regex word tokens; BIO tags learned from the mamabear's character spans.
 
@@ -151,7 +160,7 @@ class CRFTagger(Node):
         tagger = self._tagger()
         return [self._predict(tagger, text) for text in texts]
 
-    def _predict(self, tagger: pycrfsuite.Tagger, text: str) -> Prediction:
+    def _predict(self, tagger: InMemoryTagger, text: str) -> Prediction:
         tokens = tokenize(text)
         keep = self.params.keep_token_probs
         if not tokens:
@@ -182,22 +191,18 @@ class CRFTagger(Node):
     def _featurize(self, tokens: Sequence[Token]) -> list[list[str]]:
         return self.features([t.text for t in tokens])
 
-    def _tagger(self) -> pycrfsuite.Tagger:
+    def _tagger(self) -> InMemoryTagger:
         """This thread's tagger (crfsuite taggers are not thread-safe)."""
         if self.model_ is None:
             raise NotFittedError("CRFTagger is not fitted: call fit() or from_disk() first")
         tagger = getattr(self._local, "tagger", None)
         if tagger is None:
-            tagger = pycrfsuite.Tagger()
-            tagger.open_inmemory(self.model_)
-            self._local.tagger = tagger
+            tagger = self._local.tagger = InMemoryTagger(self.model_)
         return tagger
 
     def _load_model(self, model: bytes) -> None:
-        tagger = pycrfsuite.Tagger()
-        tagger.open_inmemory(model)  # raises ValueError on a file that is not a crfsuite model
+        self.labels_ = sorted(InMemoryTagger(model).labels())
         self.model_ = model
-        self.labels_ = sorted(tagger.labels())
         self._reset()
 
     # -- persistence -----------------------------------------------------------------------------------------
