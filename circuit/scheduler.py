@@ -26,6 +26,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import BabybearError, NodeError, NotFittedError
+from .node import Node
 from .progress import track
 from .routing import merge
 from .text import n_tokens, split_text, stitch_spans
@@ -120,7 +121,7 @@ class Scheduler:
         self.batch_size = batch_size
         self.token_budget = token_budget
         self.progress = progress
-        self._caps: dict[str, int] = {}  # per node: the batch size it last ran out of memory above
+        self._caps: dict[str, int] = {}  # per node: the largest batch it may get since it ran out of memory
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="babybear-gpu")
 
     def __enter__(self) -> Scheduler:
@@ -146,7 +147,7 @@ class Scheduler:
         run.seconds = time.perf_counter() - start
         return run
 
-    def _guarded(self, name: str, node: object, batch: list[int], texts: Sequence[str], ids: Sequence[str], run: NodeRun) -> None:
+    def _guarded(self, name: str, node: Node, batch: list[int], texts: Sequence[str], ids: Sequence[str], run: NodeRun) -> None:
         """Answer ``batch`` into ``run``: halve on out-of-memory, bisect other failures down to the culprit."""
         cap = self._caps.get(name, len(batch))
         if len(batch) > cap:
@@ -154,7 +155,7 @@ class Scheduler:
                 self._guarded(name, node, batch[k : k + cap], texts, ids, run)
             return
         try:
-            preds = node.predict_batch([texts[i] for i in batch])  # type: ignore[attr-defined]
+            preds = node.predict_batch([texts[i] for i in batch])
         except BabybearError:
             raise  # a configuration or contract problem, not a bad text
         except Exception as err:  # noqa: BLE001 - any failure of a model on its input is isolated
