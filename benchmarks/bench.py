@@ -214,6 +214,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         mamabear_calls_avoided=1.0 - stats[mama]["texts"] / max(units, 1),
         entity_f1_vs_mamabear=entity_f1([a.spans for a in answers], reference),
         texts_answered_per_node={n: sum(a.node == n for a in answers) for n in circuit.topology.order},
+        node_seconds={n: round(st["seconds"], 3) for n, st in stats.items()},
+        node_texts_reached={n: st["texts"] for n, st in stats.items()},
         errors=sum(a.error is not None for a in answers),
     )
     for r in results.values():
