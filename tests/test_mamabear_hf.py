@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from circuit.types import Prediction
 from nodes._align import decode
 from nodes._models import resolve
 from nodes.mamabear_hf import HFTokenClassifier
+from tests.conftest import ODD_TEXTS, variant
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,14 +24,6 @@ except BabybearError as missing:
 ID2LABEL = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 TEXT = "Angela Merkel met Emmanuel Macron in Paris on Monday, and the talks (unusually) ran late."
 TEXTS = [TEXT, "Short one.", TEXT + " " + TEXT, "Berlin, Oslo and Rome."]
-BAD = [  # empty, blank, 100,000 characters, control characters, emoji, mixed scripts
-    "",
-    "  \n\t ",
-    "supercalifragilistic" * 5_000,
-    "\x00\x07\x1b[0m\u200b\x7f",
-    "😀🇬🇧👩‍👩‍👧 hi 😀",
-    "Mixed 日本語 русский العربية ok",
-]
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +46,6 @@ def node(folder: Path) -> HFTokenClassifier:
     node = HFTokenClassifier(model=str(folder), device="cpu")
     node.warm_up()
     return node
-
-
-def _variant(node: HFTokenClassifier, **changes: Any) -> HFTokenClassifier:
-    """The same loaded model with other parameters (loading takes seconds)."""
-    other = copy.copy(node)
-    other.params = node.params.model_copy(update=changes)
-    return other
 
 
 def test_spans_start_and_end_on_word_boundaries(node: HFTokenClassifier, folder: Path) -> None:
@@ -87,19 +71,19 @@ def test_one_window_equals_the_plain_model_call(node: HFTokenClassifier, folder:
 
 def test_windowed_equals_unwindowed_on_a_text_that_fits(node: HFTokenClassifier, folder: Path) -> None:
     n_tokens = len(transformers.AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"])
-    tight = _variant(node, max_length=n_tokens, stride=4)
+    tight = variant(node, max_length=n_tokens, stride=4)
     assert tight.predict_batch([TEXT])[0].spans == node.predict_batch([TEXT])[0].spans
 
 
 def test_long_texts_are_windowed_not_truncated(node: HFTokenClassifier) -> None:
     long = " ".join([TEXT] * 6)
-    (windowed,) = _variant(node, max_length=32, stride=12).predict_batch([long])
+    (windowed,) = variant(node, max_length=32, stride=12).predict_batch([long])
     assert windowed.evidence["n_words"] == node.predict_batch([long])[0].evidence["n_words"]
     assert max(s.end for s in windowed.spans) > len(long) - len(TEXT)  # the last copy is read too
 
 
 def test_batch_size_does_not_change_the_answer(node: HFTokenClassifier) -> None:
-    one = _variant(node, batch_size=1).predict_batch(TEXTS)
+    one = variant(node, batch_size=1).predict_batch(TEXTS)
     batched = node.predict_batch(TEXTS)
     assert [p.spans for p in one] == [p.spans for p in batched]
     for a, b in zip(one, batched):
@@ -112,14 +96,14 @@ def test_token_probs_are_per_word_distributions(node: HFTokenClassifier) -> None
     for start, end, probs in pred.token_probs:
         assert TEXT[start:end].strip() == TEXT[start:end] != ""
         assert set(probs) == set(ID2LABEL.values()) and sum(probs.values()) == pytest.approx(1, abs=1e-5)
-    (plain,) = _variant(node, keep_token_probs=False).predict_batch([TEXT])
+    (plain,) = variant(node, keep_token_probs=False).predict_batch([TEXT])
     assert plain.token_probs is None and plain.spans == pred.spans
 
 
 def test_odd_inputs_give_one_prediction_each_in_order(node: HFTokenClassifier) -> None:
-    preds = node.predict_batch(BAD + [TEXT])
-    assert len(preds) == len(BAD) + 1 and all(isinstance(p, Prediction) for p in preds)
-    assert preds[0].spans == preds[1].spans == () and preds[2].evidence["n_words"] == 1
+    preds = node.predict_batch(ODD_TEXTS + [TEXT])
+    assert len(preds) == len(ODD_TEXTS) + 1 and all(isinstance(p, Prediction) for p in preds)
+    assert preds[0].spans == preds[1].spans == () and preds[3].evidence["n_words"] == 1  # one long word
     assert preds[-1].spans == node.predict_batch([TEXT])[0].spans
 
 
