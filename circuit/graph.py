@@ -78,7 +78,7 @@ class Circuit:
                 gate["params"] = gparams
             edge: dict[str, Any] = {"source": s, "target": t, "gate": gate}
             if data["threshold"] is not None:
-                edge["threshold"] = round(float(data["threshold"]), 10)
+                edge["threshold"] = float(data["threshold"])
             edges.append(edge)
         return {"version": 1, "name": self.name, "budget": self.budget.model_dump(exclude_defaults=True), "nodes": nodes, "edges": edges}
 
@@ -212,17 +212,30 @@ class Circuit:
             return scheduler.run(texts, ids)
 
     # -- warm-up -----------------------------------------------------------------------------------------------
-    def fit(self, texts: Sequence[str], *, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), batch_size: int = 256, progress: bool = True) -> Circuit:
+    def fit(
+        self,
+        texts: Sequence[str],
+        *,
+        seed: int = 0,
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        block: int = 64,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> Circuit:
         """Warm up on unlabeled ``texts``: the mamabear labels them, babybears learn, gates and thresholds are fitted.
 
         The stream is deduplicated and split into train (babybears learn), calibration (gates learn) and tuning
-        (thresholds are set for the budget) parts.
+        (thresholds are set for the budget) parts. The split moves blocks of ``block`` consecutive texts, so the
+        sentences of one document (which arrive together) stay in one part and the held-out parts look like new
+        documents, not like the training ones; ``block=1`` splits text by text.
         """
         self.validate()
         units = list(dict.fromkeys(u for t in texts if t.strip() for u in _chunks(t)))
         if len(units) < 20:
             raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
-        random.Random(seed).shuffle(units)
+        blocks = [units[i : i + block] for i in range(0, len(units), max(block, 1))]
+        random.Random(seed).shuffle(blocks)
+        units = [u for b in blocks for u in b]
         a = int(len(units) * fractions[0])
         b = a + int(len(units) * fractions[1])
         train, calib, tune = units[:a], units[a:b], units[b:]
