@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pycrfsuite
 from pydantic import Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node
 from circuit.node import Params as NodeParams
+from circuit.progress import console
 from circuit.types import Prediction
 
 from ._tokens import Token, bio_to_spans, spans_to_bio, tokenize
@@ -95,6 +98,33 @@ class InMemoryTagger(pycrfsuite.Tagger):
         self.open_inmemory(model)  # raises ValueError on bytes that are not a crfsuite model
 
 
+class _Trainer(pycrfsuite.Trainer):
+    """A crfsuite trainer that reports each L-BFGS iteration's figures to ``on_step`` instead of printing."""
+
+    on_step: Callable[[dict], None] = staticmethod(lambda info: None)
+
+    def message(self, message: str) -> None:
+        if self.logparser.feed(message) == "iteration":
+            self.on_step(self.logparser.last_iteration)
+
+
+@contextmanager
+def _training_bar(max_iterations: int, n_sequences: int) -> Iterator[Callable[[dict], None]]:
+    """A rich bar over L-BFGS iterations (with the loss), drawn only when stderr is a terminal."""
+    if not console.is_terminal:
+        yield lambda info: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"crf on {n_sequences} texts", total=max_iterations)
+
+        def step(info: dict) -> None:
+            bar.update(task, completed=info["num"], description=f"crf on {n_sequences} texts, loss {info.get('loss', 0):.1f}")
+
+        yield step
+        bar.update(task, total=bar.tasks[0].completed)  # L-BFGS may converge before max_iterations
+
+
 class CRFTagger(Node):
     """A CRF over regex word tokens; BIO tags learned from the mamabear's character spans.
 
@@ -133,7 +163,7 @@ class CRFTagger(Node):
     def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> CRFTagger:
         if len(texts) != len(reference):
             raise BabybearError(f"CRFTagger.fit got {len(texts)} texts but {len(reference)} reference predictions")
-        trainer = pycrfsuite.Trainer(algorithm="lbfgs", verbose=False)
+        trainer = _Trainer(algorithm="lbfgs", verbose=False)
         trainer.set_params(
             {
                 "c1": self.params.c1,
@@ -150,8 +180,9 @@ class CRFTagger(Node):
                 n_sequences += 1
         if not n_sequences:
             raise BabybearError("CRFTagger.fit needs at least one text with a token in it")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _training_bar(self.params.max_iterations, n_sequences) as step:
             model_path = Path(tmp) / MODEL_FILE
+            trainer.on_step = step
             trainer.train(str(model_path))
             self._load_model(model_path.read_bytes())
         return self

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from circuit import registry
 from circuit.errors import ArtifactError, NotFittedError
 from circuit.metrics import entity_f1
-from circuit.types import Span
+from circuit.types import Prediction, Span
 from nodes._tokens import bio_to_spans, spans_to_bio, tokenize
 from nodes.crf import EVIDENCE_KEYS, CRFTagger
 from tests.conftest import ODD_TEXTS
@@ -142,3 +142,16 @@ def test_unfitted_and_unreadable_models_fail_clearly(tmp_path):
     (tmp_path / "model.crfsuite").write_bytes(b"not a model")
     with pytest.raises(ArtifactError, match="cannot load the CRF"):
         CRFTagger().from_disk(tmp_path)
+
+
+def test_training_shows_a_bar_only_on_a_terminal(monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    texts, refs = ["Tony Blair met Gordon Brown"] * 20, [Prediction((Span(0, 10, "PERSON"),))] * 20
+    for terminal in (True, False):
+        out = StringIO()
+        monkeypatch.setattr("nodes.crf.console", Console(file=out, force_terminal=terminal))
+        CRFTagger(max_iterations=5).fit(texts, refs)
+        assert ("crf on 20 texts, loss" in out.getvalue()) is terminal
