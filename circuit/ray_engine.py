@@ -1,0 +1,303 @@
+"""The Ray door: answer a JSONL or Parquet dataset with Ray Data ``map_batches``, on one machine or a cluster.
+
+Two actor pools share the work, as the circuit does:
+
+* **babybears** (CPU actors): each text is cut into units as :class:`~circuit.graph.Circuit` does, and the units
+  are routed through every babybear; the mamabear is stood in for by a placeholder, so a unit that would reach
+  it is only marked.
+* **mamabear** (one GPU per actor when the cluster has GPUs, CPU otherwise): answers the marked units, then every
+  text's answer is assembled from its units exactly as ``Circuit.__call__`` does.
+
+So the answers (entities and ``node``) equal the single-process run. Rows come back in input order
+(``preserve_order``) and the driver writes them to one JSONL or Parquet file. A row whose text is missing or not
+a string gets no entities and an ``error``; the job goes on. The circuit's files travel in Ray's object store,
+so workers need babybear installed but not the circuit folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BabybearError
+from .graph import MAX_CHARS, OVERLAP, Circuit
+from .node import Node
+from .text import split_text, stitch_spans
+from .types import Answer, Prediction, Span
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+NOT_TEXT = "field 'text' is missing or not a string"
+RESERVED_CPUS = 1.0  # left to Ray Data's own tasks (listing and reading files): actors holding every CPU stall it
+_CACHE_FILE = "heldout.json"  # the warm-up cache, for tuning only: not shipped to workers
+
+
+def _require_ray() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError as err:
+        raise BabybearError(f"the ray engine needs Ray Data ({err.name} is missing): pip install 'babybear[ray]'") from err
+
+
+# -- input rows ----------------------------------------------------------------------------------------------
+def parse_line(line: str) -> dict[str, Any]:
+    """One JSONL line (``{"id", "text"}``) or plain text line as ``{"id", "text", "error"}`` (id None if absent).
+
+    Mirrors ``babybear run``: a line that looks like JSON but is not keeps its raw text and gets an error.
+    """
+    if not line.lstrip().startswith("{"):
+        return {"id": None, "text": line, "error": None}
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {"id": None, "text": line, "error": f"not valid JSON ({err.msg})"}
+    if not isinstance(data, dict):
+        return {"id": None, "text": "", "error": NOT_TEXT}
+    return _record(data.get("id"), data.get("text"))
+
+
+def _record(id_: Any, text: Any) -> dict[str, Any]:
+    row_id = None if id_ is None else str(id_)
+    if isinstance(text, str):
+        return {"id": row_id, "text": text, "error": None}
+    return {"id": row_id, "text": "", "error": NOT_TEXT}
+
+
+def _rows_from_batch(batch: pa.Table, lines: bool) -> list[dict[str, Any]]:
+    if lines:
+        return [parse_line(line) for line in batch.column("text").to_pylist()]
+    cols = batch.column_names
+    ids = batch.column("id").to_pylist() if "id" in cols else [None] * batch.num_rows
+    texts = batch.column("text").to_pylist() if "text" in cols else [None] * batch.num_rows
+    return [_record(i, t) for i, t in zip(ids, texts)]
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({"row": pa.array([json.dumps(r, ensure_ascii=False) for r in rows], pa.string())})
+
+
+def _units(text: str) -> list[tuple[int, int, int, int]]:
+    return split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
+
+
+# -- the circuit's files, shipped to workers ---------------------------------------------------------------------
+def _pack(folder: Path) -> dict[str, bytes | None]:
+    """The folder's files by relative path (folders, some of which may be empty, map to None)."""
+    if not (folder / "circuit.yaml").is_file():
+        raise BabybearError(f"{folder}: not a fitted circuit folder (no circuit.yaml)")
+    return {str(f.relative_to(folder)): f.read_bytes() if f.is_file() else None for f in folder.rglob("*") if f.name != _CACHE_FILE}
+
+
+def _unpack(files: ray.ObjectRef) -> Circuit:
+    import ray
+
+    folder = Path(tempfile.mkdtemp(prefix="babybear-"))
+    for rel, data in ray.get(files).items():
+        if data is None:
+            (folder / rel).mkdir(parents=True, exist_ok=True)
+        else:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+    return Circuit.load(folder)
+
+
+class _Deferred(Node):
+    """Stands in for the mamabear on the babybear workers: answers nothing, so reaching it only marks a unit."""
+
+    role = "mamabear"
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        return [Prediction() for _ in texts]
+
+
+# -- the two stages -------------------------------------------------------------------------------------------------
+class BabybearStage:
+    """Parses rows and routes their units through the babybears; marks the units that go on to the mamabear."""
+
+    def __init__(self, files: ray.ObjectRef, lines: bool, batch_size: int) -> None:
+        self.circuit = _unpack(files)
+        self.mamabear = self.circuit.mamabear
+        for name in self.circuit.graph:
+            if name != self.mamabear:
+                self.circuit.node(name).warm_up()
+        self.circuit.graph.nodes[self.mamabear]["node"] = _Deferred()
+        self.lines = lines
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = _rows_from_batch(batch, self.lines)
+        units, owner = [], []
+        for k, row in enumerate(rows):
+            for s, e, _, _ in _units(row["text"]):
+                units.append(row["text"][s:e])
+                owner.append(k)
+            row["units"] = []
+        spans, exits, confidences, _ = self.circuit.route_with_confidence(units, self.batch_size)
+        for k, unit_spans, node, confidence in zip(owner, spans, exits, confidences):
+            rows[k]["units"].append({"spans": [list(s) for s in unit_spans], "node": node, "confidence": confidence})
+        return _table(rows)
+
+
+class MamabearStage:
+    """Answers the marked units with the mamabear and assembles each text's answer as ``Circuit.__call__`` does."""
+
+    def __init__(self, files: ray.ObjectRef, batch_size: int) -> None:
+        circuit = _unpack(files)
+        self.name = circuit.mamabear
+        self.node = circuit.node(self.name)
+        self.node.warm_up()
+        self.labels = circuit.topology.labels[self.name]
+        self.rank = {n: k for k, n in enumerate(circuit.topology.order)}
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [json.loads(r) for r in batch.column("row").to_pylist()]
+        todo = []
+        for row in rows:
+            chunks = _units(row["text"])
+            todo += [(row["text"][s:e], unit) for (s, e, _, _), unit in zip(chunks, row["units"]) if unit["node"] == self.name]
+        preds: list[Prediction] = []
+        for i in range(0, len(todo), self.batch_size):
+            preds += self.node.predict_batch([text for text, _ in todo[i : i + self.batch_size]])
+        for (_, unit), pred in zip(todo, preds, strict=True):
+            # the placeholder covered the mamabear's labels, so the babybears' spans left are for other labels
+            unit["spans"] = sorted(list(s) for s in [*unit["spans"], *pred.restricted(self.labels)])
+        return _table([self._answer(row) for row in rows])
+
+    def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        units = row["units"]
+        node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
+        scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
+        spans = stitch_spans(_units(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
+        out = Answer(row["text"], spans, node, row["id"], min(scores) if scores else None).to_dict()
+        if row["error"]:
+            out["error"] = row["error"]
+        return out
+
+
+# -- the job -----------------------------------------------------------------------------------------------------
+def run_dataset(
+    circuit_dir: str | Path,
+    source: str | Path | ray.data.Dataset,
+    output: str | Path,
+    *,
+    num_cpu_workers: int = 1,
+    num_gpu_workers: int = 1,
+    cpus_per_worker: float | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Answer every row of ``source`` with the circuit in ``circuit_dir`` and write them, in order, to ``output``.
+
+    ``source`` is a JSONL file (``{"id", "text"}`` per line, or plain text lines), a Parquet file or folder
+    (columns ``text`` and optionally ``id``), or a Ray Dataset with those columns. ``output`` ending in
+    ``.parquet`` is written as Parquet, anything else as JSONL; rows without an id get their 1-based row number,
+    as ``babybear run`` does. Uses the running Ray instance, else ``ray.init()`` (which joins ``RAY_ADDRESS``
+    when set, or starts a local one). Each actor asks for ``cpus_per_worker`` CPUs: by default 1, or less so
+    that all actors fit in the cluster's CPUs with one CPU left to Ray Data's readers (else it would stall);
+    with GPUs in the cluster, each mamabear actor asks for one GPU instead. Returns a summary: rows, errors,
+    texts per answering node, seconds.
+    """
+    _require_ray()
+    import ray
+    import ray.data
+
+    if num_cpu_workers < 1 or num_gpu_workers < 1 or batch_size < 1:
+        raise BabybearError(f"workers and batch_size must be >= 1, got {num_cpu_workers}, {num_gpu_workers}, {batch_size}")
+    files = _pack(Path(circuit_dir))
+    Circuit.load(circuit_dir).validate()  # fail here, not in every worker
+    if not ray.is_initialized():
+        ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
+    ds, lines = _dataset(source)
+    files_ref = ray.put(files)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if cpus_per_worker is None:
+        actors = num_cpu_workers + (0 if gpus else num_gpu_workers)
+        cpus_per_worker = min(1.0, max(ray.cluster_resources().get("CPU", 1) - RESERVED_CPUS, 0.1) / actors)
+    ctx = ray.data.DataContext.get_current()
+    preserve = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    start = time.perf_counter()
+    try:
+        ds = ds.map_batches(
+            BabybearStage, fn_constructor_kwargs={"files": files_ref, "lines": lines, "batch_size": batch_size},
+            batch_format="pyarrow", batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=num_cpu_workers), num_cpus=cpus_per_worker,
+        )
+        ds = ds.map_batches(
+            MamabearStage, fn_constructor_kwargs={"files": files_ref, "batch_size": batch_size},
+            batch_format="pyarrow", batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=num_gpu_workers), num_gpus=gpus, num_cpus=0 if gpus else cpus_per_worker,
+        )
+        summary = _write(ds, Path(output), "line" if lines else "row")
+    finally:
+        ctx.execution_options.preserve_order = preserve
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _dataset(source: str | Path | ray.data.Dataset) -> tuple[ray.data.Dataset, bool]:
+    """The input as a Ray Dataset, and whether its rows are raw JSONL lines (else ``id``/``text`` columns)."""
+    import ray.data
+
+    if isinstance(source, ray.data.Dataset):
+        return source, False
+    path = Path(source)
+    if not path.exists():
+        raise BabybearError(f"input not found: {path}")
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
+        return ray.data.read_parquet(str(path)), False
+    return ray.data.read_text(str(path), drop_empty_lines=False), True
+
+
+def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
+    """Stream the answers to ``output`` in order; a missing id becomes the row number, errors say which row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    n = errors = 0
+    per_node: dict[str, int] = {}
+
+    def batches() -> Iterator[list[dict[str, Any]]]:
+        nonlocal n, errors
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            rows = []
+            for raw in batch.column("row").to_pylist():
+                n += 1
+                row = json.loads(raw)
+                row["id"] = str(n) if row["id"] is None else row["id"]
+                if "error" in row:
+                    row["error"] = f"{unit} {n}: {row['error']}"
+                    errors += 1
+                per_node[str(row["node"])] = per_node.get(str(row["node"]), 0) + 1
+                rows.append(row)
+            yield rows
+
+    if output.suffix == ".parquet":
+        schema = _parquet_schema()
+        with pq.ParquetWriter(output, schema) as writer:
+            for rows in batches():
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    else:
+        with open(output, "w", encoding="utf-8") as sink:
+            for rows in batches():
+                sink.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return {"rows": n, "errors": errors, "texts_per_node": per_node}
+
+
+def _parquet_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    entity = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("label", pa.string())])
+    return pa.schema([("id", pa.string()), ("text", pa.string()), ("entities", pa.list_(entity)), ("node", pa.string()), ("error", pa.string())])
