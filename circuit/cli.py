@@ -61,6 +61,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.engine == "ray":
+        _run_on_ray(args)
+        return
     circuit = Circuit.load(args.dir)
     source = open(args.input, encoding="utf-8", errors="replace") if args.input else sys.stdin
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
@@ -78,6 +81,15 @@ def cmd_run(args: argparse.Namespace) -> None:
             source.close()
         if args.output:
             sink.close()
+
+
+def _run_on_ray(args: argparse.Namespace) -> None:
+    from .ray_engine import run_dataset
+
+    if not (args.input and args.output):
+        raise BabybearError("--engine ray reads and writes files: give --input and --output")
+    summary = run_dataset(args.dir, args.input, args.output, num_cpu_workers=args.workers)
+    print(f"answered {summary['rows']} rows ({summary['errors']} with errors) in {summary['seconds']:.1f} s -> {args.output}", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -219,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="fitted circuit folder")
     p.add_argument("--input", help="JSONL ({id, text}) or plain lines; stdin by default")
     p.add_argument("--output", help="JSONL file; stdout by default")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data actor pools (pip install 'babybear[ray]'); JSONL or Parquet in and out")
+    p.add_argument("--workers", type=int, default=1, help="with --engine ray: babybear (CPU) actors")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")
