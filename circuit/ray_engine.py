@@ -224,24 +224,19 @@ def run_dataset(
     if cpus_per_worker is None:
         actors = num_cpu_workers + (0 if gpus else num_gpu_workers)
         cpus_per_worker = min(1.0, max(ray.cluster_resources().get("CPU", 1) - RESERVED_CPUS, 0.1) / actors)
-    ctx = ray.data.DataContext.get_current()
-    preserve = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
     start = time.perf_counter()
-    try:
-        ds = ds.map_batches(
-            BabybearStage, fn_constructor_kwargs={"files": files_ref, "lines": lines, "batch_size": batch_size},
-            batch_format="pyarrow", batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=num_cpu_workers), num_cpus=cpus_per_worker,
-        )
-        ds = ds.map_batches(
-            MamabearStage, fn_constructor_kwargs={"files": files_ref, "batch_size": batch_size},
-            batch_format="pyarrow", batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=num_gpu_workers), num_gpus=gpus, num_cpus=0 if gpus else cpus_per_worker,
-        )
-        summary = _write(ds, Path(output), "line" if lines else "row")
-    finally:
-        ctx.execution_options.preserve_order = preserve
+    ds = ds.map_batches(
+        BabybearStage, fn_constructor_kwargs={"files": files_ref, "lines": lines, "batch_size": batch_size},
+        batch_format="pyarrow", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_cpu_workers), num_cpus=cpus_per_worker,
+    )
+    ds = ds.map_batches(
+        MamabearStage, fn_constructor_kwargs={"files": files_ref, "batch_size": batch_size},
+        batch_format="pyarrow", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_gpu_workers), num_gpus=gpus, num_cpus=0 if gpus else cpus_per_worker,
+    )
+    ds.context.execution_options.preserve_order = True  # each Dataset runs with its own copy of the context
+    summary = _write(ds, Path(output), "line" if lines else "row")
     summary["seconds"] = time.perf_counter() - start
     return summary
 
