@@ -364,7 +364,8 @@ class TransformerTagger(Node):
         held_encs = [encs[i] for i in held]
         held_ref = [reference[i] for i in held]
 
-        optimizer = torch.optim.AdamW([w for w in self.model_.parameters() if w.requires_grad], lr=p.lr, weight_decay=0.01)
+        trainable = [w for w in self.model_.parameters() if w.requires_grad]  # the word embeddings are frozen
+        optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.01)
         steps = p.epochs * math.ceil(len(examples) / p.batch_size)
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -378,15 +379,7 @@ class TransformerTagger(Node):
             self.model_.train()
             batches = _length_bucketed(lengths, p.batch_size, rng)
             for idx in tqdm(batches, desc=f"student epoch {epoch + 1}/{p.epochs}", unit="batch", disable=None):
-                batch = self._collate_training([examples[k] for k in idx], device)
-                with self._autocast():
-                    loss = self._loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model_.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
+                self._step(self._collate_training([examples[k] for k in idx], device), optimizer, scaler)
                 schedule.step()
             if not held_encs:
                 continue
@@ -397,7 +390,7 @@ class TransformerTagger(Node):
                 best_state = {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
             else:
                 stale += 1
-                if stale > p.early_stopping_patience:
+                if stale >= p.early_stopping_patience:
                     break
         if best_state is not None:
             self.model_.load_state_dict(best_state)
@@ -411,9 +404,21 @@ class TransformerTagger(Node):
             heldout_agreement=best if history else None,
             epochs_run=len(history) if history else p.epochs,
             train_seconds=time.perf_counter() - started,
-            labels=self.labels_,
         )
         return self
+
+    def _step(self, batch: dict[str, Any], optimizer: Any, scaler: Any) -> None:
+        """One optimisation step (mixed precision on CUDA, gradients clipped to norm 1)."""
+        import torch
+
+        with self._autocast():
+            loss = self._loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([w for group in optimizer.param_groups for w in group["params"]], 1.0)
+        scaler.step(optimizer)
+        scaler.update()
 
     def _training_examples(
         self, encs: Sequence[_Encoded], reference: Sequence[Prediction], label2id: dict[str, int]
