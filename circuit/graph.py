@@ -10,6 +10,7 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology
 from .scheduler import MAX_CHARS, OVERLAP, Scheduler
+from .optimizer import Method, optimize
 from .schema import Budget, CircuitSpec, load_spec, validate
 from .text import n_tokens, split_text, stitch_spans
-from .optimizer import Method, optimize
 from .types import Answer, Prediction, Span
 
 
@@ -42,11 +43,12 @@ class Circuit:
         self.heldout_texts_: list[str] = []
 
     # -- building ----------------------------------------------------------------------------------------------
-    def add(self, name: str, node: Node, labels: Iterable[str] | None = None) -> Circuit:
-        """Add ``node`` under ``name``; ``labels`` limits the labels it answers for (all by default)."""
+    def add(self, name: str, node: Node, labels: Iterable[str] | None = None, enabled: bool = True) -> Circuit:
+        """Add ``node`` under ``name``; ``labels`` limits the labels it answers for (all by default); a node that
+        is not ``enabled`` is not run and passes every sentence on (tuning switches off nodes that do not pay)."""
         if name in self.graph:
             raise BabybearError(f"node '{name}' already exists; nodes: {', '.join(self.graph)}")
-        self.graph.add_node(name, node=node, labels=frozenset(labels) if labels is not None else None)
+        self.graph.add_node(name, node=node, labels=frozenset(labels) if labels is not None else None, enabled=enabled)
         return self
 
     def connect(self, source: str, target: str, gate: Gate | None = None, threshold: float | None = None) -> Circuit:
@@ -69,6 +71,8 @@ class Circuit:
                 spec["params"] = params
             if data["labels"] is not None:
                 spec["labels"] = sorted(data["labels"])
+            if not data["enabled"]:
+                spec["enabled"] = False
             nodes[name] = spec
         edges = []
         for s, t, data in self.graph.edges(data=True):
@@ -92,7 +96,7 @@ class Circuit:
     def from_spec(cls, spec: CircuitSpec) -> Circuit:
         circuit = cls(spec.name, spec.budget)
         for name, n in spec.nodes.items():
-            circuit.add(name, registry.nodes.get(n.type)(**n.params), n.labels)
+            circuit.add(name, registry.nodes.get(n.type)(**n.params), n.labels, n.enabled)
         for e in spec.edges:
             circuit.connect(e.source, e.target, registry.gates.get(e.gate.type)(**e.gate.params), e.threshold)
         return circuit
@@ -134,7 +138,8 @@ class Circuit:
     def topology(self) -> Topology:
         order = list(nx.lexicographical_topological_sort(self.graph))
         labels = {n: self.graph.nodes[n]["labels"] for n in order}
-        return Topology(order, list(self.graph.edges), labels, self.mamabear)
+        disabled = frozenset(n for n in order if not self.graph.nodes[n]["enabled"])
+        return Topology(order, list(self.graph.edges), labels, self.mamabear, disabled)
 
     @property
     def thresholds(self) -> dict[Edge, float]:
@@ -295,9 +300,12 @@ class Circuit:
             self.validate()
         if run is None:
             run = self.cache_.subset(np.arange(self.n_calibration_, self.cache_.n))
-        result = optimize(run, self.budget, method=method, **options)
+        every_node_on = replace(self.topology, disabled=frozenset())
+        result = optimize(run.with_topology(every_node_on), self.budget, method=method, **options)
         self.set_thresholds(result.thresholds)
-        outcome = run.evaluate(self.thresholds)
+        for name in self.graph:
+            self.graph.nodes[name]["enabled"] = name not in result.disabled
+        outcome = run.with_topology(self.topology).evaluate(self.thresholds)
         self.report_.update(
             budget=self.budget.model_dump(),
             costs_seconds_per_token=run.costs,

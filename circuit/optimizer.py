@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +89,7 @@ class TuneResult:
     settings_scored: int
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    disabled: frozenset[str] = frozenset()  # nodes switched off: not run, every sentence that reaches them goes on
 
     @property
     def thresholds(self) -> dict[Edge, float]:
@@ -102,6 +103,7 @@ class TuneResult:
             "frontier": [o.to_dict() for o in self.frontier],
             "settings_scored": self.settings_scored,
             "seconds": self.seconds,
+            "switched_off": sorted(self.disabled),
             **self.details,
         }
 
@@ -296,9 +298,53 @@ def optimize(
     ``method="joint"`` is this module's optimizer; ``"per_edge"`` is circuit.tuning's independent rule and
     ``"nearest"`` BabyBear's one global threshold whose F1 is nearest the budget (both point estimates, kept
     for comparison). Every method reports the frontier of the joint candidates and its choice on all rows.
-    With ``switch_off`` the joint method also tunes the circuit without each middle node (see :func:`bypass`)
-    and reports in ``details["switch_off"]`` what that would cost: the routing has no way to skip a node yet.
+
+    With ``switch_off`` the joint method also tunes the circuit without each babybear that has one successor
+    (see :func:`bypass`) and keeps the cheapest circuit. Choosing among k + 1 circuits tests each at
+    ``(1 - confidence) / (k + 1)`` (Bonferroni), so the promise holds for the circuit finally chosen.
     """
+    options = {"search": search, "bound": bound, "n_candidates": n_candidates, "seed": seed}
+    nodes = _switchable(run.topology) if switch_off and method == "joint" else []
+    if not nodes:
+        return _optimize_one(run, budget, method=method, **options)
+    split = budget.model_copy(update={"confidence": 1 - (1 - budget.confidence) / (len(nodes) + 1)})
+    best = _optimize_one(run, split, method=method, **options)
+    full_cost = best.chosen.cost_per_token
+    savings: dict[str, Any] = {}
+    for node in nodes:
+        alt = _optimize_one(bypass(run, node), split, method=method, **options)
+        savings[node] = {**alt.chosen.to_dict(), "saving": 1 - alt.chosen.cost_per_token / full_cost if full_cost else 0.0}
+        if alt.chosen.cost_per_token < best.chosen.cost_per_token:
+            best = _restore(alt, run.topology, node)
+    best.details.update(switch_off=savings, confidence_per_circuit=split.confidence)
+    return best
+
+
+def _switchable(topo: Topology) -> list[str]:
+    """Babybears a circuit can do without: their in-edges' thresholds carry over to their one successor."""
+    return [n for n in topo.order if n != topo.mamabear and sum(s == n for s, _ in topo.edges) == 1]
+
+
+def _restore(result: TuneResult, topo: Topology, node: str) -> TuneResult:
+    """A result tuned on ``bypass(run, node)`` as thresholds of the full circuit with ``node`` switched off."""
+    (succ,) = [t for s, t in topo.edges if s == node]
+    thresholds = {}
+    for s, t in topo.edges:
+        if s == node:
+            thresholds[(s, t)] = 1.0  # not used while node is off; 1.0 sends everyone on if it is switched back on
+        elif t == node:
+            thresholds[(s, t)] = result.chosen.thresholds[(s, succ)]
+        else:
+            thresholds[(s, t)] = result.chosen.thresholds[(s, t)]
+    result.chosen = replace(result.chosen, thresholds=thresholds)
+    result.disabled = frozenset({node})
+    return result
+
+
+def _optimize_one(
+    run: CachedRun, budget: Budget, *, method: Method, search: Search, bound: Bound, n_candidates: int, seed: int
+) -> TuneResult:
+    """The chosen setting for one circuit (no switching off)."""
     labels = sorted({s.label for p in run.reference for s in p.spans})
     check_budget(budget, set(labels))
     if method not in ("joint", "per_edge", "nearest"):
@@ -354,16 +400,8 @@ def optimize(
         lower = _f1_lower_t(scorer.outcome(chosen_thresholds, test)[1][:, 0, :].astype(float), budget.confidence)
     else:
         raise BabybearError(f"unknown bound {bound!r}; known: ltt, bootstrap")
-    if switch_off and method == "joint":
-        details["switch_off"] = {}
-        for node in _middle_nodes(run.topology):
-            alt = optimize(bypass(run, node), budget, search=search, bound=bound, n_candidates=n_candidates, seed=seed, switch_off=False)
-            details["switch_off"][node] = {**alt.chosen.to_dict(), "saving": 1 - alt.chosen.cost_per_token / chosen.cost_per_token}
     return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details)
 
-
-def _middle_nodes(topo: Topology) -> list[str]:
-    return [n for n in topo.order if n != topo.mamabear and n not in topo.roots]
 
 
 def bypass(run: CachedRun, node: str) -> CachedRun:

@@ -1,7 +1,8 @@
 """How a sentence moves through a circuit, and a simulator that replays it from cached outputs.
 
 A sentence enters at the roots and leaves a node along every out-edge whose gate scores it below the edge's
-threshold. Its answer merges the nodes it visited: for each label, the spans of the deepest visited node that
+threshold. A switched-off node (``enabled: false``) is not run: every sentence that reaches it goes on along all
+its out-edges, and it is not among the nodes visited. Its answer merges the nodes it visited: for each label, the spans of the deepest visited node that
 covers that label (a node with ``labels=None`` covers all). Real routing (``Circuit.__call__``) and the
 simulator share :func:`merge` and the same reach rule, so for equal gate scores they agree exactly.
 """
@@ -41,6 +42,11 @@ class Topology:
     edges: list[Edge]
     labels: dict[str, frozenset[str] | None]
     mamabear: str
+    disabled: frozenset[str] = frozenset()
+
+    def visited(self, reach: Mapping[str, np.ndarray], i: int) -> list[str]:
+        """The nodes unit ``i`` visited (ran on it), in topological order."""
+        return [name for name in self.order if reach[name][i] and name not in self.disabled]
 
     @property
     def roots(self) -> list[str]:
@@ -91,7 +97,7 @@ class CachedRun:
             reach[r][:] = True
         for s, t in topo.edges_in_order():
             sc = self.scores[(s, t)] if rows is None else self.scores[(s, t)][rows]
-            reach[t] |= reach[s] & (sc < thresholds[(s, t)])
+            reach[t] |= reach[s] & ((sc < thresholds[(s, t)]) | (s in topo.disabled))
         return reach
 
     def _unit_counts(self, i: int, visited: tuple[str, ...]) -> tuple[int, int, int, dict]:
@@ -114,7 +120,7 @@ class CachedRun:
         tp = fp = fn = 0
         per_label: dict[str, list[int]] = {}
         for j, i in enumerate(rows):
-            visited = tuple(name for name in order if reach[name][j])
+            visited = tuple(self.topology.visited(reach, j))
             a, b, c, pl = self._unit_counts(int(i), visited)
             tp, fp, fn = tp + a, fp + b, fn + c
             for label, counts in pl.items():
@@ -122,7 +128,7 @@ class CachedRun:
                 for k in range(3):
                     acc[k] += counts[k]
         tokens = self.tokens[rows]
-        cost = sum(self.costs.get(name, 0.0) * tokens[reach[name]].sum() for name in order)
+        cost = sum(self.costs.get(name, 0.0) * tokens[reach[name]].sum() for name in order if name not in self.topology.disabled)
         return {
             "f1": f1(tp, fp, fn),
             "counts": (tp, fp, fn),
@@ -131,6 +137,10 @@ class CachedRun:
             "reach": {name: float(m.mean()) if len(rows) else 0.0 for name, m in reach.items()},
             "cost_per_token": float(cost / max(tokens.sum(), 1)),
         }
+
+    def with_topology(self, topology: Topology) -> CachedRun:
+        """The same cached outputs routed by ``topology`` (e.g. with other nodes switched off)."""
+        return CachedRun(topology, self.preds, self.scores, self.costs, self.tokens)
 
     def subset(self, rows: np.ndarray) -> CachedRun:
         """The same run restricted to ``rows``."""

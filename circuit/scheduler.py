@@ -197,7 +197,10 @@ class Scheduler:
         for wave in nx.topological_generations(circuit.graph):
             wave = sorted(wave, key=rank.__getitem__)
             idx = {name: np.flatnonzero(reach[name] & ~failed) for name in wave}
-            work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix)}
+            for name in topo.disabled.intersection(wave):  # switched off: everything that reaches it goes on
+                for succ in circuit.graph.successors(name):
+                    reach[succ][idx[name]] = True
+            work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix) and name not in topo.disabled}
             results = (yield work) if work else {}
             for name, run in results.items():
                 ix = idx[name]
@@ -219,7 +222,7 @@ class Scheduler:
                 exits.append(errors[i].node)
                 confidences.append(None)
                 continue
-            visited = [name for name in topo.order if reach[name][i]]
+            visited = topo.visited(reach, i)
             spans.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
             exits.append(visited[-1])
             confidences.append(float(lowest[visited[-1]][i]) if circuit.graph.out_degree(visited[-1]) else None)

@@ -39,6 +39,7 @@ class NodeSpec(_Strict):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] | None = None
+    enabled: bool = True  # tuning switches off a node whose cost it does not earn back
 
 
 class EdgeSpec(_Strict):
@@ -145,11 +146,11 @@ def validate(spec: CircuitSpec) -> list[Problem]:
             if graph.has_edge(edge.source, edge.target):
                 problems.append(Problem(f"edges.{i}", f"duplicate edge {edge.source} -> {edge.target}"))
             graph.add_edge(edge.source, edge.target)
-    problems += _graph_problems(graph, roles)
+    problems += _graph_problems(graph, roles, {name: n.enabled for name, n in spec.nodes.items()})
     return problems
 
 
-def _graph_problems(graph: nx.DiGraph, roles: dict[str, str]) -> list[Problem]:
+def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict[str, bool]) -> list[Problem]:
     problems = []
     if not graph.nodes:
         return [Problem("nodes", "a circuit needs at least a mamabear node")]
@@ -164,6 +165,8 @@ def _graph_problems(graph: nx.DiGraph, roles: dict[str, str]) -> list[Problem]:
     if len(sinks) > 1:
         problems.append(Problem("edges", f"more than one sink: {', '.join(sinks)}; every path must end at the mamabear"))
     for m in mamabears:
+        if not spec_enabled.get(m, True):
+            problems.append(Problem(f"nodes.{m}.enabled", "the mamabear cannot be switched off"))
         if graph.out_degree(m):
             problems.append(Problem(f"nodes.{m}", "the mamabear must be the sink: it can have no out-edges"))
     if not problems and mamabears:

@@ -184,3 +184,43 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("babybear: error:") and "Traceback" not in err and "nodes.memo.params.c3" in err
     assert main(["run", str(tmp_path / "nothing")]) == 2
     assert "not a fitted circuit folder" in capsys.readouterr().err
+
+
+class _Counting(Memorizer):
+    calls = 0
+
+    def predict_batch(self, texts):
+        type(self).calls += len(texts)
+        return super().predict_batch(texts)
+
+
+def test_a_switched_off_node_is_not_run_and_passes_everyone_on(fitted, tmp_path):
+    from circuit import register_node
+
+    register_node("test.CountingMemorizer.v1")(_Counting)
+    circuit = Circuit("three").add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
+    circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(600), progress=False)
+    circuit.graph.nodes["middle"]["enabled"] = False
+    texts = synthetic_texts(100, seed=5)
+    before = _Counting.calls
+    answers = circuit(texts)
+    assert _Counting.calls == before  # never run
+    assert {a.node for a in answers} <= {"first", "mama"}
+    sim = circuit.cache_.with_topology(circuit.topology).evaluate(circuit.thresholds)
+    assert sim["reach"]["middle"] == sim["reach"]["mama"]  # everyone who reached it went on
+    circuit.save(tmp_path / "off")
+    assert "enabled: false" in (tmp_path / "off" / "circuit.yaml").read_text()
+    assert not Circuit.load(tmp_path / "off").graph.nodes["middle"]["enabled"]
+
+
+def test_tune_switches_off_a_node_that_does_not_pay(fitted):
+    from circuit import register_node
+
+    register_node("test.CountingMemorizer.v1")(_Counting)
+    circuit = Circuit("three", {"min_entity_f1": 0.95}).add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
+    circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(800), progress=False)
+    circuit.cache_.costs["middle"] = 1e3  # the copy adds nothing and now costs more than the mamabear
+    circuit.tune()
+    assert not circuit.graph.nodes["middle"]["enabled"]
+    assert circuit.report_["optimizer"]["switched_off"] == ["middle"]
+    assert circuit.report_["tuning"]["f1"] >= 0.95

@@ -125,10 +125,18 @@ def test_unknown_method_is_rejected():
         optimize(synthetic_run(100), Budget(), method="magic")  # type: ignore[arg-type]
 
 
-def test_switching_off_a_middle_node_is_priced():
+def test_switching_off_a_node_is_priced_and_taken_when_it_pays():
     run = synthetic_run(800, chain=("a", "b"))
-    result = optimize(run, Budget(min_entity_f1=0.95), bound="bootstrap", n_candidates=10)
+    budget = Budget(min_entity_f1=0.95)
+    result = optimize(run, budget, bound="bootstrap", n_candidates=10)
     off = result.details["switch_off"]["b"]
     assert set(off["thresholds"]) == {"a->mama"} and off["f1"] >= 0.95
-    assert off["saving"] == pytest.approx(1 - off["cost_per_token"] / result.chosen.cost_per_token)
-    assert "switch_off" not in optimize(run, Budget(min_entity_f1=0.95), switch_off=False, n_candidates=10).details
+    split = budget.model_copy(update={"confidence": result.details["confidence_per_circuit"]})
+    full = optimize(run, split, bound="bootstrap", n_candidates=10, switch_off=False)
+    assert off["saving"] == pytest.approx(1 - off["cost_per_token"] / full.chosen.cost_per_token)
+    cheapest = min([full.chosen.cost_per_token] + [o["cost_per_token"] for o in result.details["switch_off"].values()])
+    assert result.chosen.cost_per_token == pytest.approx(cheapest)
+    assert ("b" in result.disabled) == (off["saving"] > 0)
+    if "b" in result.disabled:  # the thresholds are the full circuit's: a -> b carries a -> mama's
+        assert result.thresholds[("a", "b")] == off["thresholds"]["a->mama"]
+    assert "switch_off" not in full.details

@@ -57,7 +57,7 @@ def test_no_mamabear():
 def test_misspelt_fields_list_the_known_ones():
     text = "\n".join(problems("broken_shape.yaml"))
     assert "nodez (line 2): unknown field; known: budget, edges, name, nodes, version" in text
-    assert "nodes.a.parms (line 4): unknown field; known: labels, params, type" in text
+    assert "nodes.a.parms (line 4): unknown field; known: enabled, labels, params, type" in text
     assert "edges.0.treshold (line 7): unknown field" in text
 
 
