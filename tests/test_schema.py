@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from circuit import Circuit, CircuitValidationError
@@ -90,3 +92,9 @@ def test_set_params_with_sklearn_style_names():
     assert circuit.thresholds[("memo", "mama")] == 0.4
     with pytest.raises(Exception, match="no edge"):
         circuit.set_params(**{"memo->nowhere__threshold": 0.1})
+
+
+@pytest.mark.parametrize("path", sorted(Path("circuits").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_ready_circuit_validates_and_round_trips(path):
+    circuit = Circuit.from_yaml(path)
+    assert Circuit.from_yaml(circuit.to_yaml()) == circuit
