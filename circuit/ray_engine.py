@@ -247,12 +247,13 @@ def _dataset(source: str | Path | ray.data.Dataset) -> tuple[ray.data.Dataset, b
 
     if isinstance(source, ray.data.Dataset):
         return source, False
-    path = Path(source)
-    if not path.exists():
+    uri = str(source)
+    path = Path(uri)
+    if "://" not in uri and not path.exists():  # URIs (s3://, gs://, ...) are for Ray's readers to find
         raise BabybearError(f"input not found: {path}")
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-        return ray.data.read_parquet(str(path)), False
-    return ray.data.read_text(str(path), drop_empty_lines=False), True
+    if uri.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
+        return ray.data.read_parquet(uri), False
+    return ray.data.read_text(uri, drop_empty_lines=False), True
 
 
 def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
