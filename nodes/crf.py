@@ -27,7 +27,11 @@ from ._tokens import Token, bio_to_spans, spans_to_bio, tokenize
 
 MODEL_FILE = "model.crfsuite"
 META_FILE = "crf.json"
-EVIDENCE_KEYS = ("seq_prob", "min_marginal", "mean_marginal", "min_entity_marginal", "n_tokens", "n_spans")
+VOCAB_FILE = "vocab.json"
+EVIDENCE_KEYS = (
+    "seq_prob", "min_marginal", "mean_marginal", "min_entity_marginal", "n_tokens", "n_spans",
+    "n_uncertain", "n_unseen", "n_unseen_capitalized", "n_capitalized_untagged",
+)  # fmt: skip
 
 
 def word_shape(word: str) -> str:
@@ -131,7 +135,10 @@ class CRFTagger(Node):
     Evidence (the same keys for every text; an empty text has no tokens, no spans and probabilities of 1):
     ``seq_prob`` (probability of the predicted tag sequence), ``min_marginal`` / ``mean_marginal`` (of each
     token's predicted tag), ``min_entity_marginal`` (over tokens inside entities; 1 if none), ``n_tokens``,
-    ``n_spans``.
+    ``n_spans``, ``n_uncertain`` (tokens whose predicted tag has a marginal below 0.99), ``n_unseen`` (words
+    not in the training texts, case-insensitive), ``n_unseen_capitalized`` (of those, capitalised ones after the
+    first token), ``n_capitalized_untagged`` (capitalised tokens after the first one tagged O). A model saved
+    without its vocabulary (format 1) counts no word as unseen.
     """
 
     class Params(NodeParams):
@@ -145,6 +152,7 @@ class CRFTagger(Node):
         super().__init__(**params)
         self.model_: bytes | None = None
         self.labels_: list[str] = []
+        self.vocab_: frozenset[str] | None = None  # lower-cased training words
         self._reset()
 
     def _reset(self) -> None:
@@ -173,10 +181,12 @@ class CRFTagger(Node):
             }
         )
         n_sequences = 0
+        vocab: set[str] = set()
         for text, ref in zip(texts, reference):
             tokens = tokenize(text)
             if tokens:
                 trainer.append(self._featurize(tokens), spans_to_bio(tokens, ref.spans))
+                vocab.update(t.text.lower() for t in tokens)
                 n_sequences += 1
         if not n_sequences:
             raise BabybearError("CRFTagger.fit needs at least one text with a token in it")
@@ -185,6 +195,7 @@ class CRFTagger(Node):
             trainer.on_step = step
             trainer.train(str(model_path))
             self._load_model(model_path.read_bytes())
+        self.vocab_ = frozenset(vocab)
         return self
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
@@ -195,14 +206,17 @@ class CRFTagger(Node):
         tokens = tokenize(text)
         keep = self.params.keep_token_probs
         if not tokens:
-            evidence = {"seq_prob": 1.0, "min_marginal": 1.0, "mean_marginal": 1.0, "min_entity_marginal": 1.0}
-            evidence |= {"n_tokens": 0.0, "n_spans": 0.0}
+            evidence = dict.fromkeys(EVIDENCE_KEYS, 0.0)
+            evidence |= {"seq_prob": 1.0, "min_marginal": 1.0, "mean_marginal": 1.0, "min_entity_marginal": 1.0}
             return Prediction((), evidence, [] if keep else None)
         tagger.set(self._featurize(tokens))
         tags = tagger.tag()
         marginals = [tagger.marginal(tag, i) for i, tag in enumerate(tags)]
         entity = [m for m, tag in zip(marginals, tags) if tag != "O"]
         spans = bio_to_spans(tokens, tags)
+        vocab = self.vocab_
+        unseen = [vocab is not None and t.text.lower() not in vocab for t in tokens]
+        capitalized = [i > 0 and t.text[0].isupper() for i, t in enumerate(tokens)]
         evidence = {
             "seq_prob": tagger.probability(tags),
             "min_marginal": min(marginals),
@@ -210,6 +224,10 @@ class CRFTagger(Node):
             "min_entity_marginal": min(entity, default=1.0),
             "n_tokens": float(len(tokens)),
             "n_spans": float(len(spans)),
+            "n_uncertain": float(sum(m < 0.99 for m in marginals)),
+            "n_unseen": float(sum(unseen)),
+            "n_unseen_capitalized": float(sum(u and c for u, c in zip(unseen, capitalized))),
+            "n_capitalized_untagged": float(sum(c and tag == "O" for c, tag in zip(capitalized, tags))),
         }
         token_probs = None
         if keep:
@@ -238,13 +256,16 @@ class CRFTagger(Node):
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:
-        """Write ``model.crfsuite`` (crfsuite's own format) and ``crf.json`` (params and labels)."""
+        """Write ``model.crfsuite`` (crfsuite's own format), ``crf.json`` (params and labels) and ``vocab.json``
+        (the sorted training words)."""
         if self.model_ is None:
             raise NotFittedError("CRFTagger is not fitted: nothing to save")
         path = Path(path)
         (path / MODEL_FILE).write_bytes(self.model_)
-        meta = {"format": 1, "params": self.params.model_dump(), "labels": self.labels_}
+        meta = {"format": 2, "params": self.params.model_dump(), "labels": self.labels_}
         (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if self.vocab_ is not None:
+            (path / VOCAB_FILE).write_text(json.dumps(sorted(self.vocab_), ensure_ascii=False), encoding="utf-8")
 
     def from_disk(self, path: Path) -> CRFTagger:
         """Load what :meth:`to_disk` wrote; the saved params replace these (they define the model's features)."""
@@ -253,6 +274,8 @@ class CRFTagger(Node):
             meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
             self.params = self.Params(**meta["params"])
             self._load_model((path / MODEL_FILE).read_bytes())
+            vocab_file = path / VOCAB_FILE
+            self.vocab_ = frozenset(json.loads(vocab_file.read_text(encoding="utf-8"))) if vocab_file.is_file() else None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"cannot load the CRF from {path}: {type(e).__name__}: {e}") from e
         return self

@@ -92,6 +92,16 @@ def test_evidence_is_complete_and_sane(crf, labelled_bbc):
         assert 0 <= ev["seq_prob"] <= ev["min_marginal"] + 1e-9 <= ev["mean_marginal"] + 2e-9 <= 1 + 2e-9
         assert ev["min_entity_marginal"] >= ev["min_marginal"] - 1e-9
         assert ev["n_spans"] == len(p.spans)
+        assert ev["n_uncertain"] <= ev["n_tokens"] and ev["n_unseen_capitalized"] <= ev["n_unseen"] <= ev["n_tokens"]
+        assert ev["n_capitalized_untagged"] < ev["n_tokens"]
+
+
+def test_unseen_words_are_counted_against_the_training_texts(crf, labelled_bbc):
+    train = labelled_bbc[0]
+    assert all(p.evidence["n_unseen"] == 0 for p in crf.predict_batch(train[:20]))
+    assert train[0].startswith("The dollar has hit")
+    (p,) = crf.predict_batch(["The dollar Zorblax has hit quuxington"])
+    assert p.evidence["n_unseen"] == 2 and p.evidence["n_unseen_capitalized"] == 1
 
 
 def test_bad_inputs_answer_one_prediction_each_in_order(crf):
@@ -119,11 +129,19 @@ def test_token_probs_only_when_asked(crf, labelled_bbc, tmp_path):
 
 def test_save_load_gives_identical_answers(crf, labelled_bbc, tmp_path):
     crf.to_disk(tmp_path)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["crf.json", "model.crfsuite"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["crf.json", "model.crfsuite", "vocab.json"]
     loaded = CRFTagger(window=3).from_disk(tmp_path)  # saved params win: they define the features
-    assert loaded.params == crf.params and loaded.labels_ == crf.labels_
+    assert loaded.params == crf.params and loaded.labels_ == crf.labels_ and loaded.vocab_ == crf.vocab_
     texts = labelled_bbc[2][:100] + ODD_TEXTS
     assert loaded.predict_batch(texts) == crf.predict_batch(texts)
+
+
+def test_a_model_saved_without_its_vocabulary_still_loads(crf, tmp_path):
+    crf.to_disk(tmp_path)
+    (tmp_path / "vocab.json").unlink()  # as format 1 saved it
+    text = "The dollar Zorblax has hit quuxington"
+    (old,) = CRFTagger().from_disk(tmp_path).predict_batch([text])
+    assert old.spans == crf.predict_batch([text])[0].spans and old.evidence["n_unseen"] == 0
 
 
 def test_batch_size_and_threads_do_not_change_answers(crf, labelled_bbc):
