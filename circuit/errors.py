@@ -47,4 +47,13 @@ class NodeError(BabybearError):
 
     def __init__(self, node: str, text_id: str | None, cause: BaseException) -> None:
         self.node, self.text_id, self.cause = node, text_id, cause
-        super().__init__(f"node '{node}' failed on text {text_id!r}: {type(cause).__name__}: {cause}")
+        super().__init__(self.describe(node, text_id, self.cause_text))
+
+    @property
+    def cause_text(self) -> str:
+        return f"{type(self.cause).__name__}: {self.cause}"
+
+    @staticmethod
+    def describe(node: str, text_id: str | None, cause_text: str) -> str:
+        """The message, also for a failure that crossed a process boundary as plain data."""
+        return f"node '{node}' failed on text {text_id!r}: {cause_text}"

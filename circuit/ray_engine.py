@@ -24,9 +24,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BabybearError
+from .errors import BabybearError, NodeError
 from .graph import MAX_CHARS, OVERLAP, Circuit
 from .node import Node
+from .scheduler import Scheduler
 from .text import split_text, stitch_spans
 from .types import Answer, Prediction, Span
 
@@ -143,9 +144,13 @@ class BabybearStage:
                 units.append(row["text"][s:e])
                 owner.append(k)
             row["units"] = []
-        spans, exits, confidences, _ = self.circuit.route_with_confidence(units, self.batch_size)
-        for k, unit_spans, node, confidence in zip(owner, spans, exits, confidences):
-            rows[k]["units"].append({"spans": [list(s) for s in unit_spans], "node": node, "confidence": confidence})
+        with Scheduler(self.circuit, self.batch_size) as scheduler:  # a node failing on a unit fails only that unit
+            routed = scheduler.route(units, [str(rows[k]["id"]) for k in owner])
+        for u, k in enumerate(owner):
+            unit = {"spans": [list(s) for s in routed.spans[u]], "node": routed.exits[u], "confidence": routed.confidences[u]}
+            if u in routed.errors:
+                unit["failure"] = routed.errors[u].cause_text  # the message is written once the row's id is known
+            rows[k]["units"].append(unit)
         return _table(rows)
 
 
@@ -155,8 +160,8 @@ class MamabearStage:
     def __init__(self, files: ray.ObjectRef, batch_size: int) -> None:
         circuit = _unpack(files)
         self.name = circuit.mamabear
-        self.node = circuit.node(self.name)
-        self.node.warm_up()
+        self.circuit = circuit
+        circuit.node(self.name).warm_up()
         self.labels = circuit.topology.labels[self.name]
         self.rank = {n: k for k, n in enumerate(circuit.topology.order)}
         self.batch_size = batch_size
@@ -166,17 +171,22 @@ class MamabearStage:
         todo = []
         for row in rows:
             chunks = _units(row["text"])
-            todo += [(row["text"][s:e], unit) for (s, e, _, _), unit in zip(chunks, row["units"]) if unit["node"] == self.name]
-        preds: list[Prediction] = []
-        for i in range(0, len(todo), self.batch_size):
-            preds += self.node.predict_batch([text for text, _ in todo[i : i + self.batch_size]])
-        for (_, unit), pred in zip(todo, preds, strict=True):
+            todo += [(row["text"][s:e], str(row["id"]), unit) for (s, e, _, _), unit in zip(chunks, row["units"]) if unit["node"] == self.name]
+        with Scheduler(self.circuit, self.batch_size) as scheduler:
+            run = scheduler.predict(self.name, [t for t, _, _ in todo], [i for _, i, _ in todo])
+        for k, ((_, _, unit), pred) in enumerate(zip(todo, run.preds, strict=True)):
+            if k in run.errors:
+                unit["failure"] = run.errors[k].cause_text
             # the placeholder covered the mamabear's labels, so the babybears' spans left are for other labels
             unit["spans"] = sorted(list(s) for s in [*unit["spans"], *pred.restricted(self.labels)])
         return _table([self._answer(row) for row in rows])
 
     def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One text's answer; as in a single process, a text a node failed on gets no entities and the error."""
         units = row["units"]
+        failed = next((u for u in units if "failure" in u), None)
+        if failed:
+            return {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
         node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
         scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
         spans = stitch_spans(_units(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
@@ -275,6 +285,9 @@ def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
                 row["id"] = str(n) if row["id"] is None else row["id"]
                 if "error" in row:
                     row["error"] = f"{unit} {n}: {row['error']}"
+                    errors += 1
+                if "failure" in row:  # a node failed on this text: worded as in a single process
+                    row["error"] = NodeError.describe(row["node"], row["id"], row.pop("failure"))
                     errors += 1
                 per_node[str(row["node"])] = per_node.get(str(row["node"]), 0) + 1
                 rows.append(row)

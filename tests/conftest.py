@@ -152,3 +152,23 @@ def labelled_bbc(spacy_md: Node) -> Labelled:
     train, test = bbc_sentences()
     train, test = train[:: len(train) // 600][:600], test[:: len(test) // 200][:200]
     return train, spacy_md.predict_batch(train), test, spacy_md.predict_batch(test)
+
+
+@register_node("test.FragileMemorizer.v1")
+class FragileMemorizer(Memorizer):
+    """A Memorizer that fails on any text containing BREAK-BABY (for fault-handling tests)."""
+
+    def predict_batch(self, texts):
+        if any("BREAK-BABY" in t for t in texts):
+            raise ValueError("cannot read this text")
+        return super().predict_batch(texts)
+
+
+@register_node("test.FragileMamabear.v1")
+class FragileMamabear(CapsMamabear):
+    """A CapsMamabear that fails on any text containing BREAK-MAMA."""
+
+    def predict_batch(self, texts):
+        if any("BREAK-MAMA" in t for t in texts):
+            raise ValueError("the mamabear choked")
+        return super().predict_batch(texts)

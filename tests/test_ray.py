@@ -78,6 +78,28 @@ def test_same_answers_as_the_single_process_and_bad_rows_reported(circuit_dir, l
 
 
 @pytest.mark.slow
+def test_a_node_failing_on_a_text_fails_that_row_only_as_in_one_process(local_ray, tmp_path):
+    from tests.conftest import FragileMamabear, FragileMemorizer
+
+    train, test = bbc_sentences()
+    circuit = Circuit("fragile").add("memo", FragileMemorizer()).add("mama", FragileMamabear()).connect("memo", "mama")
+    folder = circuit.fit(train[:600], progress=False).save(tmp_path / "fragile")
+    lines = test[:60]
+    lines[5:5] = ["BREAK-BABY in a sentence about Tony Blair", "BREAK-MAMA with Gordon Brown in London"]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["run", str(folder), "--input", str(source), "--output", str(tmp_path / "local.jsonl")]) == 0
+    run_dataset(folder, source, tmp_path / "ray.jsonl", num_cpu_workers=1, batch_size=16)
+    local = (tmp_path / "local.jsonl").read_text(encoding="utf-8").splitlines()
+    assert (tmp_path / "ray.jsonl").read_text(encoding="utf-8").splitlines() == local
+    rows = [json.loads(r) for r in local]
+    assert len(rows) == len(lines)
+    assert "node 'memo' failed" in rows[5]["error"] and rows[5]["entities"] == []
+    assert "node 'mama' failed" in rows[6]["error"] and rows[6]["entities"] == []
+    assert sum("error" in r for r in rows) == 2
+
+
+@pytest.mark.slow
 def test_parquet_in_and_out_with_null_texts(circuit_dir, local_ray, tmp_path):
     _, test = bbc_sentences()
     texts = test[300:320] + [None]
