@@ -140,3 +140,11 @@ def test_switching_off_a_node_is_priced_and_taken_when_it_pays():
     if "b" in result.disabled:  # the thresholds are the full circuit's: a -> b carries a -> mama's
         assert result.thresholds[("a", "b")] == off["thresholds"]["a->mama"]
     assert "switch_off" not in full.details
+
+
+@pytest.mark.parametrize("target", [0.99, 0.95])
+def test_learn_then_test_never_lands_below_budget_on_its_own_rows_even_when_small(target):
+    for seed in range(25):
+        run = synthetic_run(160, seed=seed)
+        result = optimize(run, Budget(min_entity_f1=target), switch_off=False)
+        assert result.chosen.f1 >= target, f"seed {seed}"
