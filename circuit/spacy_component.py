@@ -10,7 +10,8 @@ circuit's own character offsets.
   the first (by start, then the longer) is kept.
 * ``mode="overwrite"`` replaces the entities already on the Doc; ``mode="merge"`` keeps them and adds the
   circuit's entities that overlap none of them.
-* ``doc._.babybear["dropped"]`` counts the circuit's entities not set (overlap, or nothing to align to).
+* ``doc._.babybear["dropped"]`` counts the circuit's entities not set (overlap, or nothing to align to);
+  ``doc._.babybear["error"]`` says why a Doc got no entities when a node failed on its text (else None).
 * The circuit is loaded lazily (first use) from the configured folder, or by ``from_disk`` from the copy saved
   inside the pipeline, so ``spacy.load`` never needs the original folder. Loading reads YAML/JSON/model files
   and runs no code from them.
@@ -103,7 +104,7 @@ class BabybearNER:
         doc.set_ents(sorted(keep + [span for span, _ in new], key=lambda e: e.start), default="outside")
         for span, chars in new:
             span._.set(EXTENSION, {**provenance, "char_span": list(chars)})
-        doc._.set(EXTENSION, {**provenance, "dropped": len(answer.spans) - len(new)})
+        doc._.set(EXTENSION, {**provenance, "dropped": len(answer.spans) - len(new), "error": answer.error})
 
     # -- serialization -----------------------------------------------------------------------------------------
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:

@@ -71,7 +71,7 @@ def test_a_span_inside_a_token_is_expanded_and_an_overlap_dropped(circuit_dir):
 def test_empty_doc_gets_no_entities(circuit_dir):
     doc = blank(circuit_dir)("")
     assert len(doc) == 0 and doc.ents == ()
-    assert doc._.babybear == {"node": None, "confidence": None, "dropped": 0}
+    assert doc._.babybear == {"node": None, "confidence": None, "dropped": 0, "error": None}
 
 
 @pytest.mark.parametrize("mode", ["merge", "overwrite"])
@@ -145,3 +145,14 @@ def test_bad_config_is_a_clear_error(circuit_dir, tmp_path):
         blank(circuit_dir, mode="replace")
     with pytest.raises(ArtifactError, match="no circuit.yaml"):
         blank(tmp_path)("some text")
+
+
+def test_a_node_failing_on_one_doc_empties_that_doc_only_and_says_why(tmp_path):
+    from tests.conftest import FragileMamabear, Memorizer
+
+    circuit = Circuit("fragile").add("memo", Memorizer()).add("mama", FragileMamabear()).connect("memo", "mama")
+    folder = circuit.fit(synthetic_texts(600), progress=False).save(tmp_path / "fragile")
+    docs = list(blank(folder).pipe([TEXTS[1], "BREAK-MAMA: Zebulon1 met Xanthe2", TEXTS[0]]))
+    assert docs[1].ents == () and "node 'mama' failed" in docs[1]._.babybear["error"]
+    assert docs[0].ents and docs[2].ents
+    assert docs[0]._.babybear["error"] is None
