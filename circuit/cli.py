@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import BabybearError
 from .graph import Circuit
+from .types import Span
 
 STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
 
@@ -92,12 +93,27 @@ def _run_on_ray(args: argparse.Namespace) -> None:
     print(f"answered {summary['rows']} rows ({summary['errors']} with errors) in {summary['seconds']:.1f} s -> {args.output}", file=sys.stderr)
 
 
+def _read_gold(path: str) -> tuple[list[str], list[list[Span]]]:
+    """JSONL of ``{"text", "entities": [{"start", "end", "label"}]}`` (as ``babybear corpus wnut`` writes it)."""
+    texts, gold = [], []
+    for n, line in enumerate(_read_lines(path), 1):
+        try:
+            row = json.loads(line)
+            texts.append(row["text"])
+            gold.append([Span(e["start"], e["end"], e["label"]) for e in row["entities"]])
+        except (ValueError, KeyError, TypeError) as err:
+            raise BabybearError(f"{path}, line {n}: expected {{\"text\", \"entities\": [{{\"start\", \"end\", \"label\"}}]}} ({err})") from err
+    return texts, gold
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    if bool(args.corpus) == bool(args.gold):
+        raise BabybearError("eval needs either --corpus (plain texts) or --gold (texts with gold entities)")
     circuit = Circuit.load(args.dir)
-    texts = _read_lines(args.corpus)
+    texts, gold = _read_gold(args.gold) if args.gold else (_read_lines(args.corpus), None)
     if args.limit:
-        texts = texts[: args.limit]
-    report = circuit.evaluate(texts, progress=not args.json)
+        texts, gold = texts[: args.limit], gold[: args.limit] if gold else None
+    report = circuit.evaluate(texts, gold, progress=not args.json)
     if args.json:
         print(json.dumps(report))
         return
@@ -105,6 +121,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"mamabear calls avoided: {report['mamabear_calls_avoided']:.1%}")
     print(f"entity-F1 vs mamabear: {report['entity_f1_vs_mamabear']:.4f} (budget {circuit.budget.min_entity_f1})")
     print(f"wall time, circuit / mamabear alone: {report['wall_time_ratio']:.2f}")
+    if "entity_f1_vs_gold" in report:
+        vs_gold = report["entity_f1_vs_gold"]
+        print(f"entity-F1 vs gold: circuit {vs_gold['circuit']:.4f}, mamabear alone {vs_gold['mamabear']:.4f}")
     for name, n in report["texts_per_node"].items():
         cost = report["node_cost_seconds_per_text"][name]
         print(f"  {name:>12}: answered {n:>7} texts; {1000 * cost:7.2f} ms per text it saw ({report['node_texts_reached'][name]} texts)")
@@ -237,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")
     p.add_argument("dir")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", help="UTF-8 text, one text per line")
+    p.add_argument("--gold", help="JSONL {text, entities}: also score both against gold")
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_eval)

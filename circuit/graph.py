@@ -319,7 +319,9 @@ class Circuit:
     # -- evaluation --------------------------------------------------------------------------------------------
     def evaluate(self, texts: Sequence[str], gold: Sequence[Sequence[Span]] | None = None, batch_size: int = 256, progress: bool = True) -> dict[str, Any]:
         """Run the circuit and, on the same texts, the mamabear alone; compare answers, calls and wall time."""
-        texts = [t for t in texts if t.strip()]
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        texts = [texts[i] for i in keep]
+        gold = [gold[i] for i in keep] if gold is not None else None
         self.warm_up()  # loading models is not part of either side's timing
         start = time.perf_counter()
         answers, stats = self._run(texts, None, batch_size, progress)

@@ -224,3 +224,23 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
     assert not circuit.graph.nodes["middle"]["enabled"]
     assert circuit.report_["optimizer"]["switched_off"] == ["middle"]
     assert circuit.report_["tuning"]["f1"] >= 0.95
+
+
+def test_cli_eval_against_gold(tmp_path, capsys):
+    import json
+
+    from circuit.cli import main
+    from tests.conftest import FIXTURES
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_texts(400)), encoding="utf-8")
+    assert main(["fit", str(FIXTURES / "valid.yaml"), "--corpus", str(corpus), "--out", str(tmp_path / "fitted"), "--quiet"]) == 0
+    gold = tmp_path / "gold.jsonl"
+    rows = [{"text": "yesterday Alice met Bob", "entities": [{"start": 10, "end": 15, "label": "ENT"}]}, {"text": "", "entities": []}]
+    gold.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "fitted"), "--gold", str(gold), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["entity_f1_vs_gold"]["mamabear"] == pytest.approx(2 / 3)  # the fake mamabear also tags Bob
+    assert main(["eval", str(tmp_path / "fitted")]) == 2
+    assert "either --corpus" in capsys.readouterr().err
