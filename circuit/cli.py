@@ -125,6 +125,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         vs_gold = report["entity_f1_vs_gold"]
         print(f"entity-F1 vs gold: circuit {vs_gold['circuit']:.4f}, mamabear alone {vs_gold['mamabear']:.4f}")
     for name, n in report["texts_per_node"].items():
+        if not circuit.graph.nodes[name]["enabled"]:
+            print(f"  {name:>12}: switched off by tuning (it did not earn back its cost)")
+            continue
         cost = report["node_cost_seconds_per_text"][name]
         print(f"  {name:>12}: answered {n:>7} texts; {1000 * cost:7.2f} ms per text it saw ({report['node_texts_reached'][name]} texts)")
 
