@@ -23,7 +23,7 @@ from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFit
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology
-from .scheduler import MAX_CHARS, OVERLAP, Scheduler
+from .scheduler import MAX_CHARS, OVERLAP, Routed, Scheduler
 from .optimizer import Method, optimize
 from .schema import Budget, CircuitSpec, load_spec, validate
 from .text import n_tokens, split_text, stitch_spans
@@ -184,19 +184,11 @@ class Circuit:
         with Scheduler(self, batch_size, progress=progress) as scheduler:
             return scheduler.predict(name, texts).preds
 
-    def route(self, units: Sequence[str], batch_size: int = 256, progress: bool = False) -> tuple[list[tuple[Span, ...]], list[str], dict]:
-        """Route text units through the circuit: (answers, answering node, per-node stats)."""
-        answers, exits, _, stats = self.route_with_confidence(units, batch_size, progress)
-        return answers, exits, stats
-
-    def route_with_confidence(
-        self, units: Sequence[str], batch_size: int = 256, progress: bool = False
-    ) -> tuple[list[tuple[Span, ...]], list[str], list[float | None], dict]:
-        """Like :meth:`route`, plus each unit's confidence: the lowest gate score on its answering node's
-        out-edges (every one of them let it stop there); None when that node has no out-edge (the mamabear)."""
+    def route(self, units: Sequence[str], batch_size: int = 256, progress: bool = False) -> Routed:
+        """Route text units (no splitting) through the circuit: each one's answer, the node it stopped at, its
+        confidence (the lowest gate score on that node's out-edges; None for the mamabear), errors, and stats."""
         with Scheduler(self, batch_size, progress=progress) as scheduler:
-            routed = scheduler.route(units)
-        return routed.spans, routed.exits, routed.confidences, routed.stats
+            return scheduler.route(units)
 
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
         """Answer every text, in order. Blank texts get no entities without running a model (``node`` None).

@@ -66,7 +66,8 @@ def test_split_cores_tile_the_text_and_overlap_protects_spans():
 
 def test_simulator_agrees_with_real_routing_sentence_for_sentence(fitted):
     texts = synthetic_texts(200, seed=2)
-    answers, exits, _ = fitted.route(texts)
+    routed = fitted.route(texts)
+    answers, exits = routed.spans, routed.exits
     topo = fitted.topology
     preds = {n: fitted.node(n).predict_batch(texts) for n in topo.order}
     scores = {e: fitted.graph.edges[e]["gate"].score([p.evidence for p in preds[e[0]]]) for e in topo.edges}
