@@ -50,7 +50,7 @@ class Answer:
 
     text: str
     spans: tuple[Span, ...]
-    node: str
+    node: str | None  # None: a blank text, answered without running a model
     id: str | None = None
     confidence: float | None = None
     error: str | None = None
