@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from .errors import BabybearError
-from .graph import Circuit, _chunks, _load_cache, _save_cache
+from .graph import Circuit, _load_cache, _save_cache
 from .metrics import f1, span_counts
 from .routing import CachedRun
-from .text import n_tokens
+from .text import n_tokens, pieces
 from .types import Answer, Prediction, Span
 
 N_BOOTSTRAP = 1000
@@ -60,7 +60,7 @@ class Audit:
             by_mamabear = a.node == self.mamabear
             self.answered["mamabear" if by_mamabear else "babybear"] += 1
             self.mamabear_tp += len(a.spans) if by_mamabear else 0
-            if self.rng.random() < self.fraction and len(_chunks(a.text)) == 1:
+            if self.rng.random() < self.fraction and len(pieces(a.text)) == 1:
                 self.queue.append((a.text, a.spans, a.node))
         return answers
 

@@ -23,10 +23,10 @@ from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFit
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology
-from .scheduler import MAX_CHARS, OVERLAP, Routed, Scheduler
 from .optimizer import Method, optimize
+from .scheduler import Routed, Scheduler
 from .schema import Budget, CircuitSpec, load_spec, validate
-from .text import n_tokens, split_text, stitch_spans
+from .text import n_tokens, pieces, split_text, stitch_spans
 from .types import Answer, Prediction, Span
 
 
@@ -227,7 +227,7 @@ class Circuit:
         documents, not like the training ones; ``block=1`` splits text by text.
         """
         self.validate()
-        units = list(dict.fromkeys(u for t in texts if t.strip() for u in _chunks(t)))
+        units = list(dict.fromkeys(u for t in texts for u in pieces(t)))
         if len(units) < 20:
             raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
         blocks = [units[i : i + block] for i in range(0, len(units), max(block, 1))]
@@ -320,12 +320,8 @@ class Circuit:
         circuit_seconds = time.perf_counter() - start
         mama = self.mamabear
         start = time.perf_counter()
-        units, owner, chunks = [], [], []
-        for i, text in enumerate(texts):
-            parts = split_text(text, MAX_CHARS, OVERLAP)
-            chunks.append(parts)
-            units += [text[s:e] for s, e, _, _ in parts]
-            owner += [i] * len(parts)
+        chunks = [split_text(text) for text in texts]
+        units = [text[s:e] for text, parts in zip(texts, chunks) for s, e, _, _ in parts]
         ref_units = self._predict(mama, units, batch_size, progress)
         mama_seconds = time.perf_counter() - start
         ref, k = [], 0
@@ -421,7 +417,3 @@ def _load_cache(file: Path, circuit: Circuit) -> tuple[list[str], CachedRun, int
     scores = {(s, t): circuit.graph.edges[s, t]["gate"].score([p.evidence for p in preds[s]]) for s, t in topo.edges}
     run = CachedRun(topo, preds, scores, data["costs"], np.array([n_tokens(t) for t in texts]))
     return texts, run, int(data["n_calibration"])
-
-
-def _chunks(text: str) -> list[str]:
-    return [text[s:e] for s, e, _, _ in split_text(text, MAX_CHARS, OVERLAP)]

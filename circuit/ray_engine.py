@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BabybearError, NodeError
-from .graph import MAX_CHARS, OVERLAP, Circuit
+from .graph import Circuit
 from .node import Node
 from .scheduler import Scheduler
 from .text import split_text, stitch_spans
@@ -88,10 +88,6 @@ def _table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table({"row": pa.array([json.dumps(r, ensure_ascii=False) for r in rows], pa.string())})
 
 
-def _units(text: str) -> list[tuple[int, int, int, int]]:
-    return split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
-
-
 # -- the circuit's files, shipped to workers ---------------------------------------------------------------------
 def _pack(folder: Path) -> dict[str, bytes | None]:
     """The folder's files by relative path (folders, some of which may be empty, map to None)."""
@@ -140,7 +136,7 @@ class BabybearStage:
         rows = _rows_from_batch(batch, self.lines)
         units, owner = [], []
         for k, row in enumerate(rows):
-            for s, e, _, _ in _units(row["text"]):
+            for s, e, _, _ in split_text(row["text"]):
                 units.append(row["text"][s:e])
                 owner.append(k)
             row["units"] = []
@@ -170,7 +166,7 @@ class MamabearStage:
         rows = [json.loads(r) for r in batch.column("row").to_pylist()]
         todo = []
         for row in rows:
-            chunks = _units(row["text"])
+            chunks = split_text(row["text"])
             todo += [(row["text"][s:e], str(row["id"]), unit) for (s, e, _, _), unit in zip(chunks, row["units"]) if unit["node"] == self.name]
         with Scheduler(self.circuit, self.batch_size) as scheduler:
             run = scheduler.predict(self.name, [t for t, _, _ in todo], [i for _, i, _ in todo])
@@ -189,7 +185,7 @@ class MamabearStage:
             return {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
         node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
         scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
-        spans = stitch_spans(_units(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
+        spans = stitch_spans(split_text(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
         out = Answer(row["text"], spans, node, row["id"], min(scores) if scores else None).to_dict()
         if row["error"]:
             out["error"] = row["error"]

@@ -35,7 +35,6 @@ from .types import Answer, Prediction, Span
 if TYPE_CHECKING:
     from .graph import Circuit
 
-MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
 TOKEN_BUDGET = 32_768  # padded tokens (longest text x texts) per micro-batch
 _OOM_MESSAGES = ("out of memory", "failed to allocate memory", "cuda_error_out_of_memory")
 log = logging.getLogger("babybear")
@@ -271,7 +270,7 @@ class Scheduler:
         units, unit_ids, chunks = [], [], []
         per_text: list[list[int]] = []
         for i, text in enumerate(texts):
-            parts = split_text(text, MAX_CHARS, OVERLAP) if text.strip() else []
+            parts = split_text(text)
             chunks.append(parts)
             per_text.append(list(range(len(units), len(units) + len(parts))))
             units += [text[s:e] for s, e, _, _ in parts]

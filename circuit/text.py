@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from .types import Span
 
+MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
 
-def split_text(text: str, max_chars: int = 2000, overlap: int = 200) -> list[tuple[int, int, int, int]]:
+
+def split_text(text: str, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) -> list[tuple[int, int, int, int]]:
     """Cut ``text`` into chunks of at most ``max_chars`` that overlap by about ``overlap`` characters.
 
     Returns ``(chunk_start, chunk_end, core_start, core_end)`` per chunk. Cores tile the text exactly; a span is
@@ -15,6 +17,8 @@ def split_text(text: str, max_chars: int = 2000, overlap: int = 200) -> list[tup
     cut is seen whole by that chunk. Cuts prefer whitespace.
     """
     n = len(text)
+    if not text.strip():  # nothing to find: blank texts are answered without running a model
+        return []
     if n <= max_chars:
         return [(0, n, 0, n)]
     if not 0 < 2 * overlap < max_chars:
@@ -38,6 +42,11 @@ def split_text(text: str, max_chars: int = 2000, overlap: int = 200) -> list[tup
         core_e = n if i == len(chunks) - 1 else (e + chunks[i + 1][0]) // 2
         out.append((s, e, core_s, core_e))
     return out
+
+
+def pieces(text: str) -> list[str]:
+    """The chunks of ``text`` that a circuit routes (none for a blank text)."""
+    return [text[s:e] for s, e, _, _ in split_text(text)]
 
 
 def stitch_spans(chunks: Sequence[tuple[int, int, int, int]], spans: Sequence[Sequence[Span]]) -> tuple[Span, ...]:
