@@ -1,13 +1,12 @@
 """A spaCy pipeline's named entity recognizer as the mamabear (``en_core_web_md`` by default).
 
-Only the ``ner`` component and the components it listens to run. Texts longer than ``max_chars`` are cut at
-whitespace into overlapping pieces; each piece keeps the entities that start in its middle part, so an entity
-near a cut is taken from the piece that sees it whole.
+Only the ``ner`` component and the components it listens to run. Texts longer than ``max_chars`` are cut into
+overlapping pieces and stitched back with the engine's own :func:`circuit.text.split_text` /
+:func:`circuit.text.stitch_spans`, so an entity near a cut is taken from the piece that sees it whole.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -15,50 +14,12 @@ from pydantic import Field
 
 from circuit.errors import BabybearError
 from circuit.node import Node, Params
+from circuit.text import split_text, stitch_spans
 from circuit.types import Prediction, Span
 
 from ._models import resolve
 
 _OVERLAP_CHARS = 1_000  # context shared by neighbouring pieces of a long text (at most a quarter of a piece)
-_SPACE = re.compile(r"\s")
-
-
-def _last_space(text: str, lo: int, hi: int) -> int | None:
-    """The index of the last whitespace character in ``text[lo:hi]``, or None."""
-    last = None
-    for match in _SPACE.finditer(text, lo, hi):
-        last = match.start()
-    return last
-
-
-def pieces(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    """Character ranges of at most ``size`` covering ``text``, neighbours sharing about ``overlap`` characters.
-
-    Cuts fall on whitespace where there is some in reach, else mid-word.
-    """
-    out: list[tuple[int, int]] = []
-    start = 0
-    while len(text) - start > size:
-        cut = _last_space(text, start + size // 2, start + size)
-        end = cut if cut is not None else start + size
-        out.append((start, end))
-        back = _last_space(text, max(start + 1, end - 2 * overlap), end - overlap)
-        start = back + 1 if back is not None else end - overlap
-    out.append((start, len(text)))
-    return out
-
-
-def _merge(ranges: list[tuple[int, int]], found: list[list[Span]]) -> list[Span]:
-    """Spans of the whole text from the spans of each piece: a piece owns the entities that start between the
-    middles of its overlaps with its neighbours; one that would overlap a kept entity is dropped."""
-    kept: list[Span] = []
-    for k, spans in enumerate(found):
-        lo = (ranges[k - 1][1] + ranges[k][0]) // 2 if k else 0
-        hi = (ranges[k][1] + ranges[k + 1][0]) // 2 if k + 1 < len(ranges) else ranges[k][1]
-        for span in spans:
-            if lo <= span.start < hi and (not kept or span.start >= kept[-1].end):
-                kept.append(span)
-    return kept
 
 
 class SpacyNER(Node):
@@ -106,14 +67,14 @@ class SpacyNER(Node):
         self.warm_up()
         size = min(self.params.max_chars, self._nlp.max_length)
         overlap = min(_OVERLAP_CHARS, size // 4)
-        ranges = [pieces(text, size, overlap) for text in texts]
+        chunks = [split_text(text, size, overlap) for text in texts]
         docs = self._nlp.pipe(
-            (text[s:e] for text, rs in zip(texts, ranges) for s, e in rs), batch_size=self.params.batch_size
+            (text[s:e] for text, cs in zip(texts, chunks) for s, e, _, _ in cs), batch_size=self.params.batch_size
         )
         labels = set(self.params.labels) if self.params.labels is not None else None
         out = []
-        for rs in ranges:
-            found = [[Span(s + e.start_char, s + e.end_char, e.label_) for e in next(docs).ents] for s, _ in rs]
-            spans = [span for span in _merge(rs, found) if labels is None or span.label in labels]
+        for cs in chunks:
+            found = [[Span(e.start_char, e.end_char, e.label_) for e in next(docs).ents] for _ in cs]
+            spans = [span for span in stitch_spans(cs, found) if labels is None or span.label in labels]
             out.append(Prediction(spans=tuple(spans), evidence={"n_spans": float(len(spans))}))
         return out

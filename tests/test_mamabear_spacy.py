@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from circuit.errors import BabybearError
+from circuit.text import split_text
 from circuit.types import Prediction, Span
-from nodes.mamabear_spacy import SpacyNER, pieces
+from nodes.mamabear_spacy import SpacyNER
 from tests.conftest import ODD_TEXTS, variant
 
 NEWS = [
@@ -38,14 +39,14 @@ def test_long_text_in_pieces_equals_whole(spacy_md: SpacyNER) -> None:
     text = " ".join(NEWS * 8)
     (whole,) = spacy_md.predict_batch([text])
     (split,) = variant(spacy_md, max_chars=150).predict_batch([text])
-    assert len(pieces(text, 150, 37)) > 10
+    assert len(split_text(text, 150, 37)) > 10
     assert split.spans == whole.spans
     assert len(whole.spans) == 8 * sum(len(p.spans) for p in spacy_md.predict_batch(NEWS))
 
 
 def test_pieces_cover_the_text_at_whitespace() -> None:
     text = "ab " * 100 + "x" * 500 + " cd" * 50
-    ranges = pieces(text, 100, 25)
+    ranges = [(s, e) for s, e, _, _ in split_text(text, 100, 25)]
     assert ranges[0][0] == 0 and ranges[-1][1] == len(text)
     for (s, e), (s2, _) in zip(ranges, ranges[1:]):
         assert e - s <= 100 and s < s2 <= e  # in order, overlapping, no gap
