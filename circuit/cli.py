@@ -173,6 +173,20 @@ def cmd_corpus(args: argparse.Namespace) -> None:
         print(f"wrote {len(texts)} tweets to {out}/wnut.txt (gold spans in wnut.gold.jsonl)")
 
 
+def _costs(pairs: list[str]) -> dict[str, float]:
+    """``["mamabear=1", "crf=0.01"]`` as a dict of node costs; a malformed pair is an error naming it."""
+    costs = {}
+    for pair in pairs:
+        name, _, value = (part.strip() for part in pair.partition("="))
+        try:
+            if not name:
+                raise ValueError
+            costs[name] = float(value)
+        except ValueError:
+            raise BabybearError(f"--cost {pair!r}: expected NODE=NUMBER, e.g. --cost mamabear=1") from None
+    return costs
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from .audit import load_run
 
@@ -180,7 +194,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.confidence is not None:
         circuit.budget = circuit.budget.model_copy(update={"confidence": args.confidence})
     run = load_run(args.audit, circuit) if args.audit else None
-    circuit.tune(args.budget, method=args.method, run=run, bound=args.bound)
+    circuit.tune(args.budget, method=args.method, run=run, costs=_costs(args.cost), bound=args.bound)
     circuit.save(args.dir)
     tuning = circuit.report_["tuning"]
     source = f"audit {args.audit}" if args.audit else "the held-out tuning split"
@@ -272,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["joint", "per_edge", "nearest"], default="joint")
     p.add_argument("--bound", choices=["ltt", "bootstrap"], default="ltt", help="the joint method's lower confidence bound")
     p.add_argument("--audit", help="tune on an audit file (Audit.save) instead of the held-out split: recalibrate after drift")
+    p.add_argument(
+        "--cost",
+        action="append",
+        default=[],
+        metavar="NODE=PRICE",
+        help="price a node per token instead of its cost measured in fit (repeatable); e.g. --cost mamabear=1 "
+        "--cost crf=0 minimises mamabear calls, as on a machine where the mamabear's GPU is the bill",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="print thresholds and the (cost, F1) frontier; write PNG plots")

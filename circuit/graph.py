@@ -277,13 +277,23 @@ class Circuit:
             gate.fit([p.evidence for p in run.preds[s][:n_cal]], agrees)
             run.scores[(s, t)] = gate.score([p.evidence for p in run.preds[s]])
 
-    def tune(self, min_entity_f1: float | None = None, method: Method = "joint", run: CachedRun | None = None, **options: Any) -> Circuit:
+    def tune(
+        self,
+        min_entity_f1: float | None = None,
+        method: Method = "joint",
+        run: CachedRun | None = None,
+        costs: dict[str, float] | None = None,
+        **options: Any,
+    ) -> Circuit:
         """Set every threshold for the budget from cached outputs, without running a model.
 
         ``method``: "joint" (circuit.optimizer: all edges together, on a lower confidence bound), "per_edge"
         or "nearest" (point-estimate rules kept for comparison). ``run`` tunes on other cached outputs (e.g.
-        :meth:`circuit.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows;
-        ``options`` go to :func:`circuit.optimizer.optimize`.
+        :meth:`circuit.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows.
+        ``costs`` prices nodes per token in place of the costs measured during fit, for when the circuit will
+        run on other hardware than it was fitted on (``{"mamabear": 1.0, "crf": 0.0}`` minimises mamabear
+        calls alone); nodes it does not name keep their measured cost. ``options`` go to
+        :func:`circuit.optimizer.optimize`.
         """
         if run is None and self.cache_ is None:
             raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
@@ -292,6 +302,15 @@ class Circuit:
             self.validate()
         if run is None:
             run = self.cache_.subset(np.arange(self.n_calibration_, self.cache_.n))
+        measured = run.costs
+        if costs:
+            unknown = sorted(set(costs) - set(self.graph))
+            if unknown:
+                raise BabybearError(f"costs: unknown node {', '.join(unknown)}; nodes: {', '.join(self.graph)}")
+            negative = sorted(n for n, c in costs.items() if not c >= 0)
+            if negative:
+                raise BabybearError(f"costs: {', '.join(negative)} must be a number >= 0")
+            run = replace(run, costs={**run.costs, **{n: float(c) for n, c in costs.items()}})
         every_node_on = replace(self.topology, disabled=frozenset())
         result = optimize(run.with_topology(every_node_on), self.budget, method=method, **options)
         self.set_thresholds(result.thresholds)
@@ -300,7 +319,8 @@ class Circuit:
         outcome = run.with_topology(self.topology).evaluate(self.thresholds)
         self.report_.update(
             budget=self.budget.model_dump(),
-            costs_seconds_per_token=run.costs,
+            costs_seconds_per_token=measured,
+            cost_override={n: float(c) for n, c in (costs or {}).items()},
             gates={f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
             thresholds={f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
             tuning={k: v for k, v in outcome.items() if k != "per_label"},

@@ -64,6 +64,10 @@ def test_cli_tune_and_report(fitted, tmp_path, capsys):
     assert Circuit.load(tmp_path / "f").budget.min_entity_f1 == 0.9
     assert main(["tune", str(tmp_path / "f"), "--budget", "0.95"]) == 0
     assert "memo->mama" in capsys.readouterr().out
+    assert main(["tune", str(tmp_path / "f"), "--cost", "mama=1", "--cost", "memo=0"]) == 0
+    assert Circuit.load(tmp_path / "f").report_["cost_override"] == {"mama": 1.0, "memo": 0.0}
+    assert main(["tune", str(tmp_path / "f"), "--cost", "mama"]) == 2
+    assert "expected NODE=NUMBER" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "f"), "--out", str(tmp_path / "plots"), "--price-per-hour", "3", "--watts", "500"]) == 0
     out = capsys.readouterr().out
     assert "Pareto frontier" in out and "mamabear calls" in out

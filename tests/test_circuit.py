@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit import Circuit, NotFittedError
+from circuit import BabybearError, Circuit, NotFittedError
 from circuit.metrics import entity_f1, seqeval_f1, span_counts
 from circuit.routing import CachedRun, merge
 from circuit.text import split_text, stitch_spans
@@ -220,11 +220,20 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
     register_node("test.CountingMemorizer.v1")(_Counting)
     circuit = Circuit("three", {"min_entity_f1": 0.95}).add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
     circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(800), progress=False)
-    circuit.cache_.costs["middle"] = 1e3  # the copy adds nothing and now costs more than the mamabear
-    circuit.tune()
+    measured = dict(circuit.cache_.costs)
+    circuit.tune(costs={"middle": 1e3})  # the copy adds nothing and, priced so, costs more than the mamabear
     assert not circuit.graph.nodes["middle"]["enabled"]
     assert circuit.report_["optimizer"]["switched_off"] == ["middle"]
     assert circuit.report_["tuning"]["f1"] >= 0.95
+    assert circuit.report_["cost_override"] == {"middle": 1e3}
+    assert circuit.report_["costs_seconds_per_token"] == measured
+    assert circuit.cache_.costs == measured  # the measured costs are kept for the next tuning
+    circuit.tune()
+    assert circuit.graph.nodes["middle"]["enabled"] or circuit.report_["optimizer"]["switched_off"] == ["middle"]
+    with pytest.raises(BabybearError, match="unknown node nope"):
+        circuit.tune(costs={"nope": 1.0})
+    with pytest.raises(BabybearError, match="middle must be a number >= 0"):
+        circuit.tune(costs={"middle": -1.0})
 
 
 def test_cli_eval_against_gold(tmp_path, capsys):
