@@ -19,13 +19,22 @@ _SENT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9£$])")
 def package_dir(module: str, alias: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise BabybearError(f"the corpus package '{package}' is not installed; run: babybear models install {alias}")
+        raise BabybearError(f"the corpus package '{module}' is not installed; run: babybear models install {alias}")
     return Path(spec.submodule_search_locations[0])
 
 
 def split_sentences(paragraph: str) -> list[str]:
     """A fast rule-based sentence splitter, good enough for edited news prose."""
     return [s.strip() for s in _SENT.split(paragraph) if s.strip()]
+
+
+def _read_text(path: Path) -> str:
+    """A file as UTF-8 (all but one BBC article is; read as Latin-1, '£' would become 'Â£'), else as cp1252."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
 
 
 def bbc_sentences(test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
@@ -39,7 +48,7 @@ def bbc_sentences(test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     for f in files:
         bucket = int(hashlib.sha1(f"{f.parent.name}/{f.name}".encode()).hexdigest(), 16) % 1000
         target = test if bucket < test_fraction * 1000 else train
-        lines = f.read_text(encoding="latin-1").splitlines()
+        lines = _read_text(f).splitlines()
         for para in lines[1:]:  # the first line is the headline
             for sent in split_sentences(para):
                 if len(sent.split()) >= 3:

@@ -94,3 +94,11 @@ def test_pii_circuit_on_the_real_onnx_model():
     mama = circuit.node("mamabear").predict_batch(texts)
     assert any(s.label == "EMAIL" for m in mama for s in m.spans)
     assert entity_f1([a.spans for a in answers], [m.spans for m in mama]) > 0.8
+
+
+def test_bbc_corpus_is_read_as_utf8():
+    train, test = bbc_sentences()
+    sentences = train + test
+    assert len(train) > 30_000 and len(test) > 7_000 and not set(train) & set(test)
+    assert any("£" in s for s in sentences)
+    assert not any("Â£" in s or "\ufffd" in s for s in sentences)  # Latin-1 mojibake or undecodable bytes
