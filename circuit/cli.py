@@ -173,7 +173,7 @@ def cmd_corpus(args: argparse.Namespace) -> None:
         print(f"wrote {len(texts)} tweets to {out}/wnut.txt (gold spans in wnut.gold.jsonl)")
 
 
-def _costs(pairs: list[str]) -> dict[str, float]:
+def parse_costs(pairs: list[str]) -> dict[str, float]:
     """``["mamabear=1", "crf=0.01"]`` as a dict of node costs; a malformed pair is an error naming it."""
     costs = {}
     for pair in pairs:
@@ -194,7 +194,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.confidence is not None:
         circuit.budget = circuit.budget.model_copy(update={"confidence": args.confidence})
     run = load_run(args.audit, circuit) if args.audit else None
-    circuit.tune(args.budget, method=args.method, run=run, costs=_costs(args.cost), bound=args.bound)
+    circuit.tune(args.budget, method=args.method, run=run, costs=parse_costs(args.cost), bound=args.bound)
     circuit.save(args.dir)
     tuning = circuit.report_["tuning"]
     source = f"audit {args.audit}" if args.audit else "the held-out tuning split"
