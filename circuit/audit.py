@@ -123,7 +123,7 @@ class Audit:
         c = self.circuit
         if not self.texts:
             raise BabybearError("the audit has no checked texts yet: answer some texts and call flush() first")
-        scores = {(s, t): c.graph.edges[s, t]["gate"].score([p.evidence for p in self.preds[s]]) for s, t in c.graph.edges}
+        scores = {(s, t): c.graph.edges[s, t]["gate"].score(c.gate_evidence(s, t, self.preds)) for s, t in c.graph.edges}
         costs = {n: float(c.node(n).cost_ or 0.0) for n in c.topology.order}
         return CachedRun(c.topology, {n: list(p) for n, p in self.preds.items()}, scores, costs, np.array([n_tokens(t) for t in self.texts]))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from . import registry
 from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
-from .routing import CachedRun, Edge, Topology
+from .routing import CachedRun, Edge, Topology, gate_evidence
 from .optimizer import Method, optimize
 from .scheduler import Routed, Scheduler
 from .schema import Budget, CircuitSpec, load_spec, validate
@@ -51,14 +51,18 @@ class Circuit:
         self.graph.add_node(name, node=node, labels=frozenset(labels) if labels is not None else None, enabled=enabled)
         return self
 
-    def connect(self, source: str, target: str, gate: Gate | None = None, threshold: float | None = None) -> Circuit:
-        """Add the edge ``source -> target`` guarded by ``gate`` (a CalibratedGate by default)."""
+    def connect(
+        self, source: str, target: str, gate: Gate | None = None, threshold: float | None = None, agree_with: str | None = None
+    ) -> Circuit:
+        """Add the edge ``source -> target`` guarded by ``gate`` (a CalibratedGate by default). With ``agree_with``
+        (an earlier node every sentence reaching ``source`` has passed), the gate also sees whether ``source``'s
+        spans equal that node's: two babybears agreeing is evidence neither sees alone."""
         for end in (source, target):
             if end not in self.graph:
                 raise BabybearError(f"no node named '{end}'; nodes: {', '.join(self.graph)}")
         if gate is None:
             gate = registry.gates.get("babybear.CalibratedGate.v1")()
-        self.graph.add_edge(source, target, gate=gate, threshold=threshold)
+        self.graph.add_edge(source, target, gate=gate, threshold=threshold, agree_with=agree_with)
         return self
 
     # -- description -------------------------------------------------------------------------------------------
@@ -83,6 +87,8 @@ class Circuit:
             edge: dict[str, Any] = {"source": s, "target": t, "gate": gate}
             if data["threshold"] is not None:
                 edge["threshold"] = float(data["threshold"])
+            if data["agree_with"] is not None:
+                edge["agree_with"] = data["agree_with"]
             edges.append(edge)
         return {"version": 1, "name": self.name, "budget": self.budget.model_dump(exclude_defaults=True), "nodes": nodes, "edges": edges}
 
@@ -98,7 +104,7 @@ class Circuit:
         for name, n in spec.nodes.items():
             circuit.add(name, registry.nodes.get(n.type)(**n.params), n.labels, n.enabled)
         for e in spec.edges:
-            circuit.connect(e.source, e.target, registry.gates.get(e.gate.type)(**e.gate.params), e.threshold)
+            circuit.connect(e.source, e.target, registry.gates.get(e.gate.type)(**e.gate.params), e.threshold, e.agree_with)
         return circuit
 
     @classmethod
@@ -139,7 +145,8 @@ class Circuit:
         order = list(nx.lexicographical_topological_sort(self.graph))
         labels = {n: self.graph.nodes[n]["labels"] for n in order}
         disabled = frozenset(n for n in order if not self.graph.nodes[n]["enabled"])
-        return Topology(order, list(self.graph.edges), labels, self.mamabear, disabled)
+        agree_with = {(s, t): a for s, t, a in self.graph.edges(data="agree_with") if a is not None}
+        return Topology(order, list(self.graph.edges), labels, self.mamabear, disabled, agree_with)
 
     @property
     def thresholds(self) -> dict[Edge, float]:
@@ -150,27 +157,42 @@ class Circuit:
             self.graph.edges[edge]["threshold"] = float(value)
         return self
 
+    def gate_evidence(self, source: str, target: str, preds: Mapping[str, Sequence[Prediction]]) -> list[dict[str, float]]:
+        """What the gate on ``source -> target`` sees of ``preds[source]`` (node -> predictions on the same units),
+        with the agreement feature where the edge has ``agree_with``."""
+        other = self.graph.edges[source, target]["agree_with"]
+        return gate_evidence(preds[source], preds[other] if other else None, other)
+
     def get_params(self) -> dict[str, Any]:
-        """scikit-learn style flat params: ``"crf__c1"`` for nodes, ``"crf->mamabear__threshold"`` for edges."""
+        """scikit-learn style flat params: ``"crf__c1"`` for nodes, ``"crf->mamabear__threshold"`` and
+        ``"student->mamabear__agree_with"`` for edges."""
         out: dict[str, Any] = {}
         for name in self.graph:
             out.update({f"{name}__{k}": v for k, v in self.node(name).get_params().items()})
-        out.update({f"{s}->{t}__threshold": d["threshold"] for s, t, d in self.graph.edges(data=True)})
+        for s, t, d in self.graph.edges(data=True):
+            out.update({f"{s}->{t}__threshold": d["threshold"], f"{s}->{t}__agree_with": d["agree_with"]})
         return out
 
     def set_params(self, **params: Any) -> Circuit:
         for key, value in params.items():
             target, _, attr = key.partition("__")
-            if "->" in target and attr == "threshold":
+            if "->" in target and attr in ("threshold", "agree_with"):
                 s, _, t = target.partition("->")
                 if not self.graph.has_edge(s, t):
                     raise BabybearError(f"{key}: no edge {s} -> {t}; edges: {', '.join(f'{a}->{b}' for a, b in self.graph.edges)}")
-                self.graph.edges[s, t]["threshold"] = float(value)
+                before = self.graph.edges[s, t][attr]
+                self.graph.edges[s, t][attr] = float(value) if attr == "threshold" else value
+                if attr == "agree_with":
+                    try:
+                        self.validate()
+                    except CircuitValidationError:
+                        self.graph.edges[s, t][attr] = before
+                        raise
             elif target in self.graph:
                 node = self.node(target)
                 node.params = node.Params(**{**node.get_params(), attr: value})
             else:
-                raise BabybearError(f"{key}: unknown parameter; use NODE__PARAM or SOURCE->TARGET__threshold")
+                raise BabybearError(f"{key}: unknown parameter; use NODE__PARAM, SOURCE->TARGET__threshold or SOURCE->TARGET__agree_with")
         return self
 
     def warm_up(self) -> Circuit:
@@ -258,7 +280,7 @@ class Circuit:
         self.cache_ = CachedRun(topo, preds, {}, costs, held_tokens)
         self.n_calibration_ = len(calib)
         self.heldout_texts_ = held
-        self._fit_gates()
+        self.fit_gates()
         self.report_ = {
             "warm_up": {"texts": len(texts), "units": len(units), "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed},
             "babybear_f1_alone": {
@@ -267,15 +289,22 @@ class Circuit:
         }
         return self.tune()
 
-    def _fit_gates(self) -> None:
-        """Fit each edge's gate on the calibration part of the cache and score the whole cache with it."""
+    def fit_gates(self) -> Circuit:
+        """Fit each edge's gate on the calibration part of the held-out cache and score the whole cache with it.
+
+        ``fit`` does this; call it again, without running a model, after changing a gate or an edge's
+        ``agree_with`` on a fitted circuit, then :meth:`tune`."""
+        if self.cache_ is None:
+            raise NotFittedError("no held-out cache to fit gates on: fit the circuit first (or load a folder saved by a fit)")
         run, n_cal = self.cache_, self.n_calibration_
         for s, t in self.topology.edges_in_order():
             gate = self.graph.edges[s, t]["gate"]
             exits = run.exit_answers(s)
             agrees = [exits[i] == run.reference[i].spans for i in range(n_cal)]
-            gate.fit([p.evidence for p in run.preds[s][:n_cal]], agrees)
-            run.scores[(s, t)] = gate.score([p.evidence for p in run.preds[s]])
+            evidence = self.gate_evidence(s, t, run.preds)
+            gate.fit(evidence[:n_cal], agrees)
+            run.scores[(s, t)] = gate.score(evidence)
+        return self
 
     def tune(
         self,
@@ -434,6 +463,6 @@ def _load_cache(file: Path, circuit: Circuit) -> tuple[list[str], CachedRun, int
     topo = circuit.topology
     if set(preds) != set(topo.order):
         raise ArtifactError(f"{file}: cached nodes {sorted(preds)} do not match the circuit's {sorted(topo.order)}")
-    scores = {(s, t): circuit.graph.edges[s, t]["gate"].score([p.evidence for p in preds[s]]) for s, t in topo.edges}
+    scores = {(s, t): circuit.graph.edges[s, t]["gate"].score(circuit.gate_evidence(s, t, preds)) for s, t in topo.edges}
     run = CachedRun(topo, preds, scores, data["costs"], np.array([n_tokens(t) for t in texts]))
     return texts, run, int(data["n_calibration"])

@@ -321,8 +321,10 @@ def optimize(
 
 
 def _switchable(topo: Topology) -> list[str]:
-    """Babybears a circuit can do without: their in-edges' thresholds carry over to their one successor."""
-    return [n for n in topo.order if n != topo.mamabear and sum(s == n for s, _ in topo.edges) == 1]
+    """Babybears a circuit can do without: their in-edges' thresholds carry over to their one successor. A node a
+    gate compares with (``agree_with``) stays on."""
+    anchors = set(topo.agree_with.values())
+    return [n for n in topo.order if n != topo.mamabear and n not in anchors and sum(s == n for s, _ in topo.edges) == 1]
 
 
 def _restore(result: TuneResult, topo: Topology, node: str) -> TuneResult:

@@ -43,6 +43,7 @@ class Topology:
     labels: dict[str, frozenset[str] | None]
     mamabear: str
     disabled: frozenset[str] = frozenset()
+    agree_with: dict[Edge, str] = field(default_factory=dict)  # edge -> the earlier node its gate compares with
 
     def visited(self, reach: Mapping[str, np.ndarray], i: int) -> list[str]:
         """The nodes unit ``i`` visited (ran on it), in topological order."""
@@ -63,6 +64,15 @@ class Topology:
     def edges_in_order(self) -> list[Edge]:
         rank = {n: i for i, n in enumerate(self.order)}
         return sorted(self.edges, key=lambda e: (rank[e[0]], rank[e[1]]))
+
+
+def gate_evidence(preds: Sequence[Prediction], other: Sequence[Prediction] | None = None, name: str | None = None) -> list[dict[str, float]]:
+    """What a gate sees of each prediction: its node's evidence, plus ``agrees_with_<name>`` (1.0 where the spans
+    equal ``other``'s, the answers of the earlier node the edge's ``agree_with`` names) when there is one."""
+    if other is None:
+        return [p.evidence for p in preds]
+    key = f"agrees_with_{name}"
+    return [{**p.evidence, key: float(set(p.spans) == set(q.spans))} for p, q in zip(preds, other, strict=True)]
 
 
 @dataclass

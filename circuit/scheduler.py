@@ -209,9 +209,11 @@ class Scheduler:
                 for j, err in run.errors.items():
                     errors[int(ix[j])] = err
                     failed[ix[j]] = ok[j] = False
+                good = ix[ok].tolist()
                 for succ in circuit.graph.successors(name) if ok.any() else ():
                     edge = circuit.graph.edges[name, succ]
-                    scores = edge["gate"].score([p.evidence for p, good in zip(run.preds, ok) if good])
+                    here = {v: [preds[v][i] for i in good] for v in (name, edge["agree_with"]) if v is not None}
+                    scores = edge["gate"].score(circuit.gate_evidence(name, succ, here))
                     reach[succ][ix[ok][scores < edge["threshold"]]] = True
                     lowest[name][ix[ok]] = np.minimum(lowest[name][ix[ok]], scores)
         spans, exits, confidences = [], [], []

@@ -47,6 +47,7 @@ class EdgeSpec(_Strict):
     target: str
     gate: GateSpec = Field(default_factory=GateSpec)
     threshold: float | None = None  # set by fitting; a sentence goes on when P(agree) < threshold
+    agree_with: str | None = None  # an earlier node: the gate also sees whether the source's spans equal its
 
 
 class CircuitSpec(_Strict):
@@ -147,6 +148,31 @@ def validate(spec: CircuitSpec) -> list[Problem]:
                 problems.append(Problem(f"edges.{i}", f"duplicate edge {edge.source} -> {edge.target}"))
             graph.add_edge(edge.source, edge.target)
     problems += _graph_problems(graph, roles, {name: n.enabled for name, n in spec.nodes.items()})
+    if not problems:
+        problems += _agreement_problems(spec, graph)
+    return problems
+
+
+def _agreement_problems(spec: CircuitSpec, graph: nx.DiGraph) -> list[Problem]:
+    """``agree_with`` must name a node that has answered every sentence reaching the edge's source: one that
+    every path into the source passes through, and that is not switched off."""
+    problems = []
+    roots = [n for n in graph if graph.in_degree(n) == 0]
+    for i, edge in enumerate(spec.edges):
+        other = edge.agree_with
+        if other is None:
+            continue
+        where = f"edges.{i}.agree_with"
+        if other not in spec.nodes:
+            problems.append(Problem(where, f"no node named '{other}'; nodes: {', '.join(spec.nodes)}"))
+            continue
+        without = graph.subgraph(n for n in graph if n != other)
+        bypassed = any(edge.source in nx.descendants(without, r) | {r} for r in roots if r != other)
+        if other == edge.source or other not in nx.ancestors(graph, edge.source) or bypassed:
+            problems.append(Problem(where, f"'{other}' is not on every path into '{edge.source}', so it has not "
+                                    f"answered every sentence there; name a node before '{edge.source}' that all its sentences pass"))
+        elif not spec.nodes[other].enabled:
+            problems.append(Problem(where, f"'{other}' is switched off (enabled: false), so it answers nothing to agree with"))
     return problems
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from circuit import BabybearError, Circuit, NotFittedError
+from circuit import BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
 from circuit.metrics import entity_f1, seqeval_f1, span_counts
 from circuit.routing import CachedRun, merge
 from circuit.text import split_text, stitch_spans
 from circuit.types import Prediction, Span
-from tests.conftest import CapsMamabear, Memorizer, synthetic_texts
+from tests.conftest import CapsMamabear, Memorizer, _caps, synthetic_texts
 
 
 @pytest.fixture
@@ -254,3 +256,46 @@ def test_cli_eval_against_gold(tmp_path, capsys):
     assert report["entity_f1_vs_gold"]["mamabear"] == pytest.approx(2 / 3)  # the fake mamabear also tags Bob
     assert main(["eval", str(tmp_path / "fitted")]) == 2
     assert "either --corpus" in capsys.readouterr().err
+
+
+@register_node("test.ShortNameGuesser.v1")
+class ShortNameGuesser(Memorizer):
+    """A second fake babybear with its own blind spot: every capitalised word of at most 5 letters, and numbers."""
+
+    def predict_batch(self, texts):
+        out = []
+        for t in texts:
+            caps = _caps(t)
+            spans = [Span(s, e, "ENT") for s, e, w in caps if len(w) <= 5]
+            spans += [Span(m.start(), m.end(), "NUM") for m in re.finditer(r"\d+", t)]
+            out.append(Prediction(spans=spans, evidence={"n": float(len(caps))}))
+        return out
+
+
+def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tmp_path):
+    circuit = Circuit("agree", {"min_entity_f1": 0.95}).add("memo", Memorizer()).add("guess", ShortNameGuesser()).add("mama", CapsMamabear())
+    circuit.connect("memo", "guess").connect("guess", "mama", agree_with="memo").fit(synthetic_texts(800), progress=False)
+    gate = circuit.graph.edges["guess", "mama"]["gate"]
+    assert "agrees_with_memo" in gate.state_["features"]
+    weight = gate.state_["coef"][gate.state_["features"].index("agrees_with_memo")]
+    assert weight > 0  # agreeing with the memorizer makes the guesser more likely right
+    assert "memo" not in circuit.report_["optimizer"].get("switched_off", [])  # what a gate compares with stays on
+    texts = synthetic_texts(300, seed=3)
+    routed = circuit.route(texts)
+    topo = circuit.topology
+    preds = {n: circuit.node(n).predict_batch(texts) for n in topo.order}
+    scores = {e: circuit.graph.edges[e]["gate"].score(circuit.gate_evidence(*e, preds)) for e in topo.edges}
+    reach = CachedRun(topo, preds, scores, {n: 1.0 for n in topo.order}, np.ones(len(texts))).reach(circuit.thresholds)
+    for i in range(len(texts)):
+        visited = [n for n in topo.order if reach[n][i]]
+        assert visited[-1] == routed.exits[i]
+        assert merge(visited, {v: preds[v][i] for v in visited}, topo.labels) == routed.spans[i]
+    assert {"memo", "guess"} & set(routed.exits)  # babybears answer some sentences
+    loaded = Circuit.load(circuit.save(tmp_path / "agree"))
+    assert loaded.get_params()["guess->mama__agree_with"] == "memo"
+    assert [a.spans for a in loaded(texts)] == routed.spans
+    loaded.set_params(**{"guess->mama__agree_with": None}).fit_gates().tune()  # from the cache, no model runs
+    assert "agrees_with_memo" not in loaded.graph.edges["guess", "mama"]["gate"].state_["features"]
+    with pytest.raises(CircuitValidationError, match="not on every path"):
+        loaded.set_params(**{"memo->guess__agree_with": "guess"})
+    assert loaded.get_params()["memo->guess__agree_with"] is None  # a refused change is not kept

@@ -98,3 +98,29 @@ def test_set_params_with_sklearn_style_names():
 def test_every_ready_circuit_validates_and_round_trips(path):
     circuit = Circuit.from_yaml(path)
     assert Circuit.from_yaml(circuit.to_yaml()) == circuit
+
+
+def test_agree_with_round_trips_and_must_name_a_node_every_sentence_has_passed():
+    three = """
+version: 1
+nodes:
+  memo: {type: test.Memorizer.v1%s}
+  other: {type: test.Memorizer.v1}
+  mama: {type: test.CapsMamabear.v1}
+edges:
+  - {source: memo, target: other}
+  - {source: other, target: mama, agree_with: %s}
+"""
+    circuit = Circuit.from_yaml(three % ("", "memo"))
+    assert circuit.topology.agree_with == {("other", "mama"): "memo"}
+    assert Circuit.from_yaml(circuit.to_yaml()) == circuit and "agree_with: memo" in circuit.to_yaml()
+    for where, needle in [("nobody", "no node named 'nobody'"), ("other", "not on every path into 'other'"), ("mama", "not on every path")]:
+        with pytest.raises(CircuitValidationError, match=needle) as info:
+            Circuit.from_yaml(three % ("", where))
+        assert "edges.1.agree_with (line 9)" in str(info.value)
+    with pytest.raises(CircuitValidationError, match="'memo' is switched off"):
+        Circuit.from_yaml(three % (", enabled: false", "memo"))
+    side_door = (three % ("", "memo")).replace("  - {source: memo, target: other}\n", "  - {source: memo, target: other}\n  - {source: side, target: other}\n")
+    side_door = side_door.replace("  mama:", "  side: {type: test.Memorizer.v1}\n  mama:")
+    with pytest.raises(CircuitValidationError, match="not on every path into 'other'"):
+        Circuit.from_yaml(side_door)  # sentences entering at 'side' never met memo
