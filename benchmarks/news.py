@@ -39,6 +39,14 @@ def main() -> None:
         help="also tune and evaluate with these node prices instead of the measured costs (repeatable; "
         "e.g. --price mamabear=1 --price crf=0 minimises mamabear calls, as where a GPU mamabear is the bill)",
     )
+    parser.add_argument(
+        "--agree-with",
+        action="append",
+        default=[],
+        metavar="SOURCE->TARGET=NODE",
+        help="give that edge's gate the agreement with NODE as evidence, refitting the gates from the fitted "
+        "folder's cached outputs (no model is re-trained); e.g. --agree-with 'student->mamabear=crf'",
+    )
     parser.add_argument("--out", default="benchmarks/results/news.json")
     args = parser.parse_args()
     prices = parse_costs(args.price)
@@ -55,6 +63,9 @@ def main() -> None:
         circuit = Circuit.from_yaml(args.circuit).fit(train)
         fit_seconds = time.perf_counter() - start
         circuit.save(fitted)
+    if args.agree_with:
+        circuit.set_params(**{f"{edge}__agree_with": node for edge, _, node in (a.rpartition("=") for a in args.agree_with)})
+        circuit.fit_gates()
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
