@@ -10,6 +10,7 @@ import itertools
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     run = circuit.cache_.subset(np.arange(circuit.n_calibration_, circuit.cache_.n))
     thresholds = circuit.thresholds
     now = run.evaluate(thresholds)
+    # The frontier is in the units the circuit was tuned in: prices where tune had a cost override, else seconds.
+    override = circuit.report_.get("cost_override") or {}
+    unit = "price per token (cost_override)" if override else "seconds per token"
+    tuned_cost = replace(run, costs={**run.costs, **override}).evaluate(thresholds)["cost_per_token"]
     result = circuit.report_.get("optimizer") or optimize(run, circuit.budget, method="per_edge").to_dict()
     reach = run.reach(thresholds)
     order = run.topology.order
@@ -230,18 +235,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("answered: " + ", ".join(f"{n} {v:.1%}" for n, v in answered.items()))
     near = [p for p in result["frontier"] if p["f1"] >= circuit.budget.min_entity_f1 - 0.05]
     shown = near[:: max(1, -(-len(near) // 20))]
-    print(f"Pareto frontier near the budget, {len(shown)} of {len(result['frontier'])} points (seconds per token, entity-F1, mamabear calls avoided):")
+    print(f"Pareto frontier near the budget, {len(shown)} of {len(result['frontier'])} points ({unit}, entity-F1, mamabear calls avoided):")
     for p in shown:
         print(f"  {p['cost_per_token']:.3e}  {p['f1']:.4f}  {p['mamabear_calls_avoided']:.1%}")
     for node, alt in result.get("switch_off", {}).items():
-        print(f"without {node} (needs a routing change: its in-edges would lead past it): {alt['cost_per_token']:.3e} s/token, entity-F1 {alt['f1']:.4f}, saving {alt['saving']:.1%}")
+        print(f"without {node} (enabled: false): {alt['cost_per_token']:.3e} {unit}, entity-F1 {alt['f1']:.4f}, saving {alt['saving']:.1%}")
     print(f"per 1M tokens at ${args.price_per_hour}/hour and {args.watts} W:")
     for name, v in tag.items():
         print(f"  {name:>15}: {v['mamabear_calls']:,.0f} mamabear calls, {v['compute_seconds']:,.0f} s, ${v['dollars']:.4f}, {v['kwh']:.4f} kWh")
     out = Path(args.out or Path(args.dir) / "report")
-    chosen = {"cost_per_token": now["cost_per_token"], "f1": now["f1"]}
+    chosen = {"cost_per_token": tuned_cost, "f1": now["f1"]}
     files = [
-        plots.frontier(result["frontier"], chosen, circuit.budget.min_entity_f1, out / "frontier.png"),
+        plots.frontier(result["frontier"], chosen, circuit.budget.min_entity_f1, out / "frontier.png", cost_label=unit),
         plots.answered(answered, out / "answered.png"),
         plots.calibration({f"{s}->{t}": circuit.graph.edges[s, t]["gate"].report for s, t in circuit.graph.edges}, out / "calibration.png"),
         plots.price(tag, out / "price.png"),

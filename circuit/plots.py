@@ -36,7 +36,14 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def frontier(points: Sequence[Mapping[str, float]], chosen: Mapping[str, float], budget: float, path: Path, others: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+def frontier(
+    points: Sequence[Mapping[str, float]],
+    chosen: Mapping[str, float],
+    budget: float,
+    path: Path,
+    others: Mapping[str, Mapping[str, float]] | None = None,
+    cost_label: str = "seconds per token",
+) -> Path:
     """The Pareto frontier of (cost per token, entity-F1), the budget line, the chosen point and optional others."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p["cost_per_token"] for p in points], [p["f1"] for p in points], "o-", ms=3, color="0.5", label="Pareto frontier")
@@ -45,7 +52,7 @@ def frontier(points: Sequence[Mapping[str, float]], chosen: Mapping[str, float],
         ax.plot(p["cost_per_token"], p["f1"], "s", ms=7, label=name)
     ax.plot(chosen["cost_per_token"], chosen["f1"], "*", ms=14, color="black", label="chosen")
     ax.set_ylim(max(0.0, min(budget, chosen["f1"]) - 0.1), 1.005)  # the interesting part: near the budget
-    ax.set_xlabel("seconds per token")
+    ax.set_xlabel(cost_label)
     ax.set_ylabel("entity-F1 vs mamabear")
     ax.legend(fontsize=8)
     return _save(fig, path)

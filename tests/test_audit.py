@@ -66,6 +66,9 @@ def test_cli_tune_and_report(fitted, tmp_path, capsys):
     assert "memo->mama" in capsys.readouterr().out
     assert main(["tune", str(tmp_path / "f"), "--cost", "mama=1", "--cost", "memo=0"]) == 0
     assert Circuit.load(tmp_path / "f").report_["cost_override"] == {"mama": 1.0, "memo": 0.0}
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "f"), "--out", str(tmp_path / "priced")]) == 0
+    assert "(price per token (cost_override), entity-F1" in capsys.readouterr().out  # the frontier is in the prices tuned on
     assert main(["tune", str(tmp_path / "f"), "--cost", "mama"]) == 2
     assert "expected NODE=NUMBER" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "f"), "--out", str(tmp_path / "plots"), "--price-per-hour", "3", "--watts", "500"]) == 0
