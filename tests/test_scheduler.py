@@ -15,7 +15,7 @@ from circuit.node import Gate
 from circuit.errors import BabybearError
 from circuit.scheduler import Scheduler, is_out_of_memory, micro_batches
 
-from .conftest import CapsMamabear, Memorizer, synthetic_texts
+from .conftest import CapsMamabear, FragileMemorizer, Memorizer, synthetic_texts
 
 
 class FakeOOM(RuntimeError):
@@ -46,20 +46,11 @@ class Flaky(CapsMamabear):
         return super().predict_batch(texts)
 
 
-@register_node("test.FlakyBabybear.v1")
-class FlakyBabybear(Memorizer):
-    """A babybear that fails on texts containing ``BAD``."""
-
-    def predict_batch(self, texts):
-        if any("BAD" in t for t in texts):
-            raise KeyError("BAD")
-        return super().predict_batch(texts)
-
-
 def fitted(mamabear: Node, babybear: Node | None = None) -> Circuit:
     circuit = Circuit("toy", {"min_entity_f1": 0.99}).add("memo", babybear or Memorizer()).add("mama", mamabear)
     circuit.connect("memo", "mama")
-    return circuit.fit(synthetic_texts(300), progress=False)
+    # Priced at 0, the babybear is never switched off by tuning on noisy measured timings: these tests need it run.
+    return circuit.fit(synthetic_texts(300), progress=False).tune(costs={"memo": 0.0})
 
 
 class Unsure(Gate):
@@ -127,9 +118,9 @@ def test_order_and_completeness_under_random_batches_and_failures():
 
 
 def test_a_failing_babybear_names_itself_and_the_rest_goes_on():
-    circuit = fitted(CapsMamabear(), FlakyBabybear())
+    circuit = fitted(CapsMamabear(), FragileMemorizer())
     texts = synthetic_texts(50, seed=1)
-    texts[17] += " BAD"
+    texts[17] += " BREAK-BABY"
     answers = circuit(texts, ids=[f"t{i}" for i in range(50)], batch_size=16)
     assert answers[17].error is not None and "node 'memo'" in answers[17].error and "'t17'" in answers[17].error
     assert answers[17].spans == () and answers[17].node == "memo"
