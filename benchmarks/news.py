@@ -78,7 +78,7 @@ def main() -> None:
         "budgets": {},
     }
     for budget in args.budgets:
-        for key, costs in [("", None), ("priced", prices)] if prices else [("", None)]:
+        for key, costs in [("", None)] + ([("priced", prices)] if prices else []):
             circuit.tune(budget, costs=costs)
             report = circuit.evaluate(test)
             report["thresholds"] = {f"{s}->{t}": v for (s, t), v in circuit.thresholds.items()}

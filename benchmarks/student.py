@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from circuit.corpus import bbc_sentences
+from circuit.metrics import f1, span_counts
 from circuit.types import Prediction, Span
 from nodes.transformer import TransformerTagger
 
@@ -48,14 +49,12 @@ def spacy_predictions(nlp: Any, texts: Sequence[str]) -> list[Prediction]:
 
 def entity_f1(preds: Sequence[Prediction], refs: Sequence[Prediction]) -> dict[str, float]:
     """Micro entity precision/recall/F1 by exact (start, end, label), and the exact-sentence agreement."""
-    tp = sum(len(set(p.spans) & set(r.spans)) for p, r in zip(preds, refs))
-    n_pred = sum(len(p.spans) for p in preds)
-    n_ref = sum(len(r.spans) for r in refs)
-    precision = tp / n_pred if n_pred else 1.0
-    recall = tp / n_ref if n_ref else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    counts = [span_counts(p.spans, r.spans) for p, r in zip(preds, refs)]
+    tp, fp, fn = (sum(c[k] for c in counts) for k in range(3))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
     agree = float(np.mean([p.spans == r.spans for p, r in zip(preds, refs)]))
-    return {"f1": f1, "precision": precision, "recall": recall, "sentence_agreement": agree}
+    return {"f1": f1(tp, fp, fn), "precision": precision, "recall": recall, "sentence_agreement": agree}
 
 
 def tokenizer_ceiling(node: TransformerTagger, texts: Sequence[str], refs: Sequence[Prediction]) -> dict:
