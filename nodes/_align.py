@@ -50,17 +50,56 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def bio_transitions(id2label: dict[int, str], restart_rate: float = 1.0) -> np.ndarray:
+    """Log-scores of label ``b`` following label ``a`` (row ``a``; the last row is the start of a text).
+
+    ``I-X`` may only follow ``B-X`` or ``I-X`` (score -inf elsewhere). ``B-X`` right after an ``X`` word, a new
+    ``X`` entity touching the last, scores ``log(restart_rate)``: how often the teacher does that (rarely: a
+    tagger that says ``B-PERSON B-PERSON`` for "Mr Blair" almost always means one person). Everything else: 0.
+    """
+    labels = [id2label[i] for i in range(len(id2label))]
+    types = [lab.partition("-")[2] if lab != "O" else "" for lab in labels]
+    scores = np.zeros((len(labels) + 1, len(labels)))
+    for b, lab in enumerate(labels):
+        for a in range(len(labels) + 1):
+            inside = a < len(labels) and types[a] != "" and types[a] == types[b]
+            if lab.startswith("I-") and not inside:
+                scores[a, b] = -np.inf
+            elif lab.startswith("B-") and inside:
+                scores[a, b] = np.log(restart_rate)
+    return scores
+
+
+def viterbi(log_probs: np.ndarray, transitions: np.ndarray) -> list[int]:
+    """The label sequence maximising the sum of ``log_probs`` (words, labels) and ``transitions`` (see
+    :func:`bio_transitions`)."""
+    n_labels = log_probs.shape[1]
+    score = log_probs[0] + transitions[n_labels]
+    back = []
+    for row in log_probs[1:]:
+        candidates = score[:, None] + transitions[:n_labels]
+        back.append(candidates.argmax(axis=0))
+        score = candidates.max(axis=0) + row
+    path = [int(score.argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    return path[::-1]
+
+
 def decode(
     offsets: Sequence[tuple[int, int]],
     word_ids: Sequence[int | None],
     probs: np.ndarray,
     id2label: dict[int, str],
     keep_token_probs: bool = False,
+    transitions: np.ndarray | None = None,
 ) -> Prediction:
     """BIO-decode word-level labels (each word labelled by its first subword) into character spans.
 
-    A word tagged ``I-X`` continues an ``X`` entity; so does a ``B-X`` word glued to it with no character in
-    between (models that tag every piece of an e-mail ``B-EMAIL`` still give one span).
+    Each word takes its most probable label, or, given ``transitions`` (from :func:`bio_transitions`), the label
+    on the most probable label sequence (:func:`viterbi`). A word tagged ``I-X`` continues an ``X`` entity; so
+    does a ``B-X`` word glued to it with no character in between (models that tag every piece of an e-mail
+    ``B-EMAIL`` still give one span).
 
     ``offsets``/``word_ids`` are per token (special tokens have word id None and are skipped). Evidence: the
     log-probability of the decoded word sequence, the weakest word's probability, the mean, the weakest
@@ -76,12 +115,15 @@ def decode(
         else:
             words.append((s, e, p))
             last = w
+    if transitions is not None and words:
+        chosen = viterbi(np.log(np.clip(np.stack([p for _, _, p in words]), 1e-12, 1)), transitions)
+    else:
+        chosen = [int(p.argmax()) for _, _, p in words]
     spans: list[Span] = []
     cur: list | None = None  # [start, end, type]
     word_p = np.empty(len(words))
     ent_p: list[float] = []
-    for i, (s, e, p) in enumerate(words):
-        k = int(p.argmax())
+    for i, ((s, e, p), k) in enumerate(zip(words, chosen)):
         word_p[i] = p[k]
         tag = id2label[k]
         prefix, _, typ = tag.partition("-")

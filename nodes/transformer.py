@@ -35,7 +35,7 @@ from nodes import _align
 #: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
 SHAPES: tuple[str, ...] = ("special", "Xx", "XX", "X", "xx", "d", "punct", "mixed", "other")
 _SHAPE_ID = {name: i for i, name in enumerate(SHAPES)}
-_FORMAT = 1  # version of the folder layout written by to_disk
+_FORMAT = 2  # version of the folder layout written by to_disk
 _CONFIG_FILE = "student.json"
 _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILE = "tokenizer.json"
@@ -81,6 +81,11 @@ class TransformerTaggerParams(Params):
     distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
     soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss where there are any")
     early_stopping_patience: int = Field(2, ge=0, description="epochs without held-out improvement before stopping")
+    decoding: Literal["viterbi", "argmax"] = Field(
+        "viterbi",
+        description="viterbi: the most probable legal BIO sequence (I-X only after X; a new X entity touching the "
+        "last as rarely as in the warm-up); argmax: each word's most probable label",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="autocast dtype on CUDA (auto: bfloat16 where supported, else float16); CPU runs float32"
@@ -181,6 +186,21 @@ def _soft_targets(
             soft[first] /= total
             mask[first] = True
     return soft, mask
+
+
+def restart_rate(encs: Sequence[_Encoded], reference: Sequence[Prediction], label2id: dict[str, int]) -> float:
+    """How often a word right after an ``X`` entity starts a new ``X`` entity rather than continuing it, in the
+    mamabear's labels (add-one smoothed): the one learned score of :func:`_align.bio_transitions`."""
+    id2label = {i: label for label, i in label2id.items()}
+    restarts = continues = 0
+    for enc, ref in zip(encs, reference):
+        targets = _word_targets(enc, [s for s in ref.spans if f"B-{s.label}" in label2id], label2id)
+        tags = [id2label[int(t)] for t in targets if t != -100]
+        for a, b in zip(tags[:-1], tags[1:]):
+            if a != "O" and b != "O" and a[2:] == b[2:]:
+                restarts += b.startswith("B-")
+                continues += b.startswith("I-")
+    return (restarts + 1) / (restarts + continues + 2)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -290,8 +310,8 @@ class TransformerTagger(Node):
 
     Evidence per prediction (from temperature-scaled probabilities of each word's first subword):
     ``log_seq_prob``, ``min_prob``, ``mean_prob``, ``min_entity_prob``, ``n_words``, ``n_spans``.
-    Learned state: ``model_`` (torch module), ``labels_``, ``temperature_``, ``report_`` (training and
-    calibration figures).
+    Learned state: ``model_`` (torch module), ``labels_``, ``temperature_``, ``restart_rate_`` (for Viterbi
+    decoding), ``report_`` (training and calibration figures).
     """
 
     Params: ClassVar[type[Params]] = TransformerTaggerParams
@@ -303,6 +323,7 @@ class TransformerTagger(Node):
         self.model_: Any = None
         self.labels_: list[str] = []
         self.temperature_: float = 1.0
+        self.restart_rate_: float = 1.0
         self.report_: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._special: dict[str, int] = {}  # cls, sep, pad token ids
@@ -363,6 +384,7 @@ class TransformerTagger(Node):
         examples = self._training_examples([encs[i] for i in train], [reference[i] for i in train], label2id)
         held_encs = [encs[i] for i in held]
         held_ref = [reference[i] for i in held]
+        self.restart_rate_ = restart_rate([encs[i] for i in train], [reference[i] for i in train], label2id)
 
         trainable = [w for w in self.model_.parameters() if w.requires_grad]  # the word embeddings are frozen
         optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.01)
@@ -531,8 +553,12 @@ class TransformerTagger(Node):
 
     def _decode(self, encs: Sequence[_Encoded], logits: Sequence[np.ndarray]) -> list[Prediction]:
         id2label = dict(enumerate(self.labels_))
+        viterbi = self.params.decoding == "viterbi"
+        transitions = _align.bio_transitions(id2label, self.restart_rate_) if viterbi else None
         return [
-            _align.decode(enc.offsets, enc.word_ids, _align.softmax(z / self.temperature_), id2label)
+            _align.decode(
+                enc.offsets, enc.word_ids, _align.softmax(z / self.temperature_), id2label, transitions=transitions
+            )
             for enc, z in zip(encs, logits)
         ]
 
@@ -736,6 +762,7 @@ class TransformerTagger(Node):
             "labels": self.labels_,
             "params": self.params.model_dump(),
             "temperature": self.temperature_,
+            "restart_rate": self.restart_rate_,
             "shape_vocab": list(SHAPES),
             "special_token_ids": self._special,
             "report": self.report_,
@@ -764,6 +791,7 @@ class TransformerTagger(Node):
         self.params = TransformerTaggerParams(**{**config["params"], **runtime})
         self.labels_ = list(config["labels"])
         self.temperature_ = float(config["temperature"])
+        self.restart_rate_ = float(config["restart_rate"])
         self.report_ = dict(config.get("report", {}))
         self._special = {k: int(v) for k, v in config["special_token_ids"].items()}
         self._set_tokenizer(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
