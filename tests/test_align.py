@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes._align import classify, decode, stitch, token_windows
+from nodes._align import bio_transitions, classify, decode, stitch, token_windows, viterbi
 
 ID2LABEL = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 
@@ -83,6 +83,35 @@ def test_decode_joins_b_tags_glued_to_the_same_entity() -> None:
     probs = np.eye(5)[[1, 1, 1, 1, 1, 1]]
     spans = decode(offsets, list(range(6)), probs, ID2LABEL).spans
     assert [(s.start, s.end) for s in spans] == [(0, 9), (10, 12)]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.lists(st.floats(-8, 0), min_size=5, max_size=5), min_size=1, max_size=12), st.floats(1e-4, 1))
+def test_viterbi_gives_the_best_legal_bio_sequence(rows: list[list[float]], rate: float) -> None:
+    log_probs, transitions = np.array(rows), bio_transitions(ID2LABEL, rate)
+    path = viterbi(log_probs, transitions)
+
+    def score(seq: tuple[int, ...]) -> float:
+        return sum(log_probs[i, y] + transitions[seq[i - 1] if i else len(ID2LABEL), y] for i, y in enumerate(seq))
+
+    assert np.isfinite(score(tuple(path)))  # legal: no I-X except after an X word
+    if len(rows) <= 5:  # brute force over every sequence
+        best = max(score(seq) for seq in np.ndindex(*(5,) * len(rows)))
+        assert score(tuple(path)) == pytest.approx(best)
+
+
+def test_viterbi_decoding_keeps_one_person_where_argmax_splits_it() -> None:
+    # "Mr Blair in Paris": "Blair" leans B-PER (alone it usually starts a name); "Paris" leans I-LOC after an O
+    offsets, word_ids = [(0, 2), (3, 8), (9, 11), (12, 17)], [0, 1, 2, 3]
+    probs = np.array([[0.1, 0.8, 0.05, 0.05, 0.0], [0.1, 0.5, 0.4, 0.0, 0.0], [0.9, 0.05, 0.05, 0.0, 0.0],
+                      [0.1, 0.0, 0.0, 0.4, 0.5]])
+    argmax = decode(offsets, word_ids, probs, ID2LABEL).spans
+    assert [(s.start, s.end, s.label) for s in argmax] == [(0, 2, "PER"), (3, 8, "PER"), (12, 17, "LOC")]
+    rare = decode(offsets, word_ids, probs, ID2LABEL, transitions=bio_transitions(ID2LABEL, 0.01))
+    assert [(s.start, s.end, s.label) for s in rare.spans] == [(0, 8, "PER"), (12, 17, "LOC")]
+    assert rare.evidence["min_entity_prob"] == pytest.approx(0.4)  # the probabilities of the labels chosen
+    common = decode(offsets, word_ids, probs, ID2LABEL, transitions=bio_transitions(ID2LABEL, 1.0))
+    assert [(s.start, s.end) for s in common.spans] == [(0, 2), (3, 8), (12, 17)]
 
 
 def _rampart_tokenizer_path() -> Path | None:
