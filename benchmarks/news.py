@@ -45,7 +45,8 @@ def main() -> None:
         default=[],
         metavar="SOURCE->TARGET=NODE",
         help="give that edge's gate the agreement with NODE as evidence, refitting the gates from the fitted "
-        "folder's cached outputs (no model is re-trained); e.g. --agree-with 'student->mamabear=crf'",
+        "folder's cached outputs (no model is re-trained); e.g. --agree-with 'student->mamabear=crf'; an empty "
+        "NODE takes the agreement away",
     )
     parser.add_argument("--out", default="benchmarks/results/news.json")
     args = parser.parse_args()
@@ -64,7 +65,7 @@ def main() -> None:
         fit_seconds = time.perf_counter() - start
         circuit.save(fitted)
     if args.agree_with:
-        circuit.set_params(**{f"{edge}__agree_with": node for edge, _, node in (a.rpartition("=") for a in args.agree_with)})
+        circuit.set_params(**{f"{e}__agree_with": node or None for e, _, node in (a.rpartition("=") for a in args.agree_with)})
         circuit.fit_gates()
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
