@@ -74,6 +74,9 @@ def viterbi(log_probs: np.ndarray, transitions: np.ndarray) -> list[int]:
     """The label sequence maximising the sum of ``log_probs`` (words, labels) and ``transitions`` (see
     :func:`bio_transitions`)."""
     n_labels = log_probs.shape[1]
+    best = log_probs.argmax(axis=1)
+    if not transitions[np.concatenate([[n_labels], best[:-1]]), best].any():
+        return best.tolist()  # no transition score is positive: each word's best label, when all free, is optimal
     score = log_probs[0] + transitions[n_labels]
     back = []
     for row in log_probs[1:]:

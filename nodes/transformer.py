@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -257,6 +257,12 @@ def _quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
+
+
+@lru_cache(maxsize=8)
+def _transitions(labels: tuple[str, ...], rate: float) -> np.ndarray:
+    """:func:`_align.bio_transitions`, built once per student rather than once per batch."""
+    return _align.bio_transitions(dict(enumerate(labels)), rate)
 
 
 @cache
@@ -554,7 +560,7 @@ class TransformerTagger(Node):
     def _decode(self, encs: Sequence[_Encoded], logits: Sequence[np.ndarray]) -> list[Prediction]:
         id2label = dict(enumerate(self.labels_))
         viterbi = self.params.decoding == "viterbi"
-        transitions = _align.bio_transitions(id2label, self.restart_rate_) if viterbi else None
+        transitions = _transitions(tuple(self.labels_), self.restart_rate_) if viterbi else None
         return [
             _align.decode(
                 enc.offsets, enc.word_ids, _align.softmax(z / self.temperature_), id2label, transitions=transitions
