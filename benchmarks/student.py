@@ -7,6 +7,7 @@ training minutes per 10,000 sentence-epochs. Train and test are ``circuit.corpus
 article), as in benchmarks/news.py. Writes benchmarks/results/student.json.
 
     python benchmarks/student.py                  # the full run (about 40 minutes on 2 CPU cores)
+    python benchmarks/student.py --only 2l_shape --out benchmarks/results/student-2l-decode.json  # one student
     python benchmarks/student.py --train 300 --ablation-train 200 --test 100 --epochs 1 --out /tmp/student-smoke.json
 """
 
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--test", type=int, default=1000, help="test sentences")
     ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     ap.add_argument("--speed-sentences", type=int, default=300, help="sentences timed per runtime")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these students (2l_shape_all, 2l_shape, ...)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")
     args = ap.parse_args(argv)
 
@@ -114,8 +116,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "2l_noshape": dict(layers=2, shape_embeddings=False, **small),
         "6l_shape": dict(layers=6, shape_embeddings=True, **small),
     }
+    unknown = set(args.only or ()) - set(students)
+    if unknown:
+        ap.error(f"--only: no student {', '.join(sorted(unknown))}; choose from {', '.join(students)}")
     results: dict[str, dict] = {}
     for name, cfg in students.items():
+        if args.only and name not in args.only:
+            continue
         n = cfg.pop("n")
         node = TransformerTagger(batch_size=32, device="cpu", **cfg)
         t0 = time.perf_counter()
