@@ -20,12 +20,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from circuit.corpus import bbc_sentences
 from circuit.types import Prediction
 from nodes.transformer import TransformerTagger
-from student import entity_f1, load_spacy_mamabear, spacy_predictions  # benchmarks/, run as a script
+from student import entity_f1, load_spacy_mamabear, shuffled_bbc, spacy_predictions, write_json  # benchmarks/
 
 
 def mistakes(preds: Sequence[Prediction], refs: Sequence[Prediction]) -> dict[str, int]:
@@ -56,10 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(2)
     started = time.perf_counter()
-    train, test = bbc_sentences()  # the same shuffles as benchmarks/student.py
-    rng = np.random.default_rng(0)
-    train = [train[i] for i in rng.permutation(len(train))][: args.train]
-    test = [test[i] for i in rng.permutation(len(test))][: args.test]
+    train, test = shuffled_bbc(args.train, args.test)
     refs = spacy_predictions(load_spacy_mamabear(), train + test)
     train_ref, test_ref = refs[: len(train)], refs[len(train) :]
 
@@ -92,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "decodings": results,
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,21 @@ def spacy_predictions(nlp: Any, texts: Sequence[str]) -> list[Prediction]:
     ]
 
 
+def shuffled_bbc(n_train: int | None, n_test: int) -> tuple[list[str], list[str]]:
+    """BBC train and test sentences (split by article), shuffled so that any prefix spans every topic, cut to size
+    (``n_train`` None: all). Every student benchmark draws from these same shuffles."""
+    train, test = bbc_sentences()
+    rng = np.random.default_rng(0)
+    train = [train[i] for i in rng.permutation(len(train))][:n_train]
+    return train, [test[i] for i in rng.permutation(len(test))][:n_test]
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def entity_f1(preds: Sequence[Prediction], refs: Sequence[Prediction]) -> dict[str, float]:
     """Micro entity precision/recall/F1 by exact (start, end, label), and the exact-sentence agreement."""
     counts = [span_counts(p.spans, r.spans) for p, r in zip(preds, refs)]
@@ -98,10 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    train, test = bbc_sentences()  # in article order: shuffle so that any prefix spans every topic
-    rng = np.random.default_rng(0)
-    train = [train[i] for i in rng.permutation(len(train))][: args.train or None]
-    test = [test[i] for i in rng.permutation(len(test))][: args.test]
+    train, test = shuffled_bbc(args.train or None, args.test)
     nlp = load_spacy_mamabear()
     t0 = time.perf_counter()
     refs = spacy_predictions(nlp, train + test)
@@ -176,9 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "students": results,
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":
