@@ -17,6 +17,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from . import registry
 from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError
@@ -25,7 +26,7 @@ from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology, gate_evidence
 from .optimizer import Method, optimize
 from .scheduler import Routed, Scheduler
-from .schema import Budget, CircuitSpec, load_spec, validate
+from .schema import Budget, CircuitSpec, load_spec, pydantic_problems, validate
 from .text import n_tokens, pieces, split_text, stitch_spans
 from .types import Answer, Prediction, Span
 
@@ -174,6 +175,10 @@ class Circuit:
         return out
 
     def set_params(self, **params: Any) -> Circuit:
+        """Set params by their :meth:`get_params` names. A node whose params change is rebuilt from them, fresh
+        and unfitted (as scikit-learn's ``clone``): what a node builds from its params, like compiled rules or
+        a CRF's features, must not disagree with them. Edge thresholds and ``agree_with`` keep the fit."""
+        node_changes: dict[str, dict[str, Any]] = {}
         for key, value in params.items():
             target, _, attr = key.partition("__")
             if "->" in target and attr in ("threshold", "agree_with"):
@@ -189,10 +194,16 @@ class Circuit:
                         self.graph.edges[s, t][attr] = before
                         raise
             elif target in self.graph:
-                node = self.node(target)
-                node.params = node.Params(**{**node.get_params(), attr: value})
+                node_changes.setdefault(target, {})[attr] = value
             else:
                 raise BabybearError(f"{key}: unknown parameter; use NODE__PARAM, SOURCE->TARGET__threshold or SOURCE->TARGET__agree_with")
+        for name, changes in node_changes.items():
+            node = self.node(name)
+            where = ("nodes", name, "params")
+            try:
+                self.graph.nodes[name]["node"] = type(node)(**{**node.get_params(), **changes})
+            except ValidationError as err:
+                raise CircuitValidationError(pydantic_problems(err, where, {where: list(node.Params.model_fields)})) from err
         return self
 
     def warm_up(self) -> Circuit:

@@ -81,7 +81,8 @@ def _line_index(text: str) -> dict[tuple, int]:
     return out
 
 
-def _pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, list[str]]) -> list[Problem]:
+def pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, list[str]]) -> list[Problem]:
+    """pydantic's errors as located problems; ``known`` maps a location to the valid names there."""
     problems = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
@@ -125,7 +126,7 @@ def validate(spec: CircuitSpec) -> list[Problem]:
             cls.Params(**node.params)
         except ValidationError as err:
             fields = {("nodes", name, "params"): sorted(cls.Params.model_fields)}
-            problems += _pydantic_problems(err, ("nodes", name, "params"), fields)
+            problems += pydantic_problems(err, ("nodes", name, "params"), fields)
     graph = nx.DiGraph()
     graph.add_nodes_from(spec.nodes)
     for i, edge in enumerate(spec.edges):
@@ -140,7 +141,7 @@ def validate(spec: CircuitSpec) -> list[Problem]:
                 gcls.Params(**edge.gate.params)
             except ValidationError as err:
                 fields = {("edges", i, "gate", "params"): sorted(gcls.Params.model_fields)}
-                problems += _pydantic_problems(err, ("edges", i, "gate", "params"), fields)
+                problems += pydantic_problems(err, ("edges", i, "gate", "params"), fields)
         if edge.threshold is not None and not 0 <= edge.threshold <= 1.0 + 1e-9:
             problems.append(Problem(f"edges.{i}.threshold", f"must be in [0, 1], got {edge.threshold}"))
         if edge.source in spec.nodes and edge.target in spec.nodes:
@@ -235,7 +236,7 @@ def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> C
     except ValidationError as err:
         known = {(): sorted(CircuitSpec.model_fields), ("budget",): sorted(Budget.model_fields)}
         known.update({("nodes", n): sorted(NodeSpec.model_fields) for n in data.get("nodes") or {}})
-        problems = _pydantic_problems(err, (), known)
+        problems = pydantic_problems(err, (), known)
         spec = None
     if problems:
         located = [Problem(p.location, p.message, _locate(p.location, lines)) for p in problems]

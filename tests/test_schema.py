@@ -94,6 +94,23 @@ def test_set_params_with_sklearn_style_names():
         circuit.set_params(**{"memo->nowhere__threshold": 0.1})
 
 
+def test_set_params_rebuilds_the_node_so_what_it_built_follows():
+    from nodes.crf import CRFTagger
+    from nodes.rules import KeywordGate
+
+    circuit = Circuit().add("rules", KeywordGate()).add("crf", CRFTagger()).add("mama", CapsMamabear())
+    circuit.connect("rules", "crf").connect("crf", "mama")
+    assert circuit.node("rules").predict_batch(["acme rocks"])[0].spans == ()
+    circuit.set_params(rules__keywords={"ORG": ["acme"]}, crf__window=2, crf__c1=0.5)
+    assert [s.label for s in circuit.node("rules").predict_batch(["acme rocks"])[0].spans] == ["ORG"]
+    crf = circuit.node("crf")
+    assert (crf.params.window, crf.params.c1, len(crf.features.offsets)) == (2, 0.5, 4)
+    with pytest.raises(CircuitValidationError, match=r"nodes\.crf\.params\.window: .*less than or equal to 4"):
+        circuit.set_params(crf__window=9)
+    with pytest.raises(CircuitValidationError, match=r"nodes\.rules\.params\.kewords: unknown parameter; known: patterns"):
+        circuit.set_params(rules__kewords={})
+
+
 @pytest.mark.parametrize("path", sorted(Path("circuits").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_ready_circuit_validates_and_round_trips(path):
     circuit = Circuit.from_yaml(path)
