@@ -24,7 +24,7 @@ from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFit
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology, gate_evidence
-from .optimizer import Method, optimize
+from .optimizer import Method, check_budget, optimize
 from .scheduler import Routed, Scheduler
 from .schema import Budget, CircuitSpec, load_spec, pydantic_problems, validate
 from .text import n_tokens, pieces, split_text, stitch_spans
@@ -276,6 +276,7 @@ class Circuit:
         start = time.perf_counter()
         ref = self._predict(topo.mamabear, units, batch_size, progress)
         mama.cost_ = (time.perf_counter() - start) / max(int(tokens.sum()), 1)
+        check_budget(self.budget, {s.label for p in ref[b:] for s in p.spans})  # before the babybears train
         for name in topo.order:
             if name != topo.mamabear:
                 self.node(name).fit(train, ref[:a])

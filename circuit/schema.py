@@ -100,9 +100,10 @@ def pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, li
 
 def _check_budget(b: Budget) -> list[Problem]:
     problems = []
-    for name, value in [("min_entity_f1", b.min_entity_f1), ("confidence", b.confidence)]:
-        if not 0 < value <= 1:
-            problems.append(Problem(f"budget.{name}", f"must be in (0, 1], got {value}"))
+    if not 0 < b.min_entity_f1 <= 1:
+        problems.append(Problem("budget.min_entity_f1", f"must be in (0, 1], got {b.min_entity_f1}"))
+    if not 0 < b.confidence < 1:
+        problems.append(Problem("budget.confidence", f"must be in (0, 1) (no finite sample gives certainty), got {b.confidence}"))
     for label, value in b.per_label.items():
         if not 0 < value <= 1:
             problems.append(Problem(f"budget.per_label.{label}", f"must be in (0, 1], got {value}"))

@@ -29,6 +29,13 @@ def test_fit_learns_to_skip_the_mamabear_on_easy_texts(fitted):
     assert 0 < fitted.thresholds[("memo", "mama")] < 1
 
 
+def test_a_per_label_budget_on_a_label_the_mamabear_never_uses_fails_before_the_babybears_train(toy_circuit):
+    toy_circuit.budget = toy_circuit.budget.model_copy(update={"per_label": {"PERSN": 0.99}})
+    with pytest.raises(BabybearError, match="PERSN: the mamabear never used this label here; labels: ENT"):
+        toy_circuit.fit(synthetic_texts(200), progress=False)
+    assert toy_circuit.node("memo").known_ is None
+
+
 def test_unfitted_circuit_refuses_to_route(toy_circuit):
     with pytest.raises(NotFittedError):
         toy_circuit(["Hello Bob"])

@@ -70,6 +70,12 @@ def test_not_yaml_and_missing_file():
         Circuit.from_yaml("nope/missing.yaml")
 
 
+def test_confidence_of_one_is_rejected_up_front():
+    yaml_text = (FIXTURES / "valid.yaml").read_text().replace("confidence: 0.95", "confidence: 1")
+    with pytest.raises(CircuitValidationError, match=r"budget.confidence \(line 3\): must be in \(0, 1\)"):
+        Circuit.from_yaml(yaml_text)
+
+
 @pytest.mark.parametrize("budget", [0, -0.1, 1.01])
 def test_bad_budget_rejected(budget):
     yaml_text = (FIXTURES / "valid.yaml").read_text().replace("min_entity_f1: 0.99", f"min_entity_f1: {budget}")
