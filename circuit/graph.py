@@ -225,7 +225,8 @@ class Circuit:
 
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
         """Answer every text, in order. Blank texts get no entities without running a model (``node`` None).
-        A text a node fails on gets no entities and ``error`` (see :class:`circuit.scheduler.Scheduler`)."""
+        A text the mamabear fails on gets no entities and ``error``; one a babybear fails on goes on to the next
+        nodes (see :class:`circuit.scheduler.Scheduler`)."""
         answers, _ = self._run(texts, ids, batch_size, progress)
         return answers
 

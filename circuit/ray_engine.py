@@ -140,12 +140,11 @@ class BabybearStage:
                 units.append(row["text"][s:e])
                 owner.append(k)
             row["units"] = []
-        with Scheduler(self.circuit, self.batch_size) as scheduler:  # a node failing on a unit fails only that unit
+        with Scheduler(self.circuit, self.batch_size) as scheduler:  # a babybear failing on a unit passes it on
             routed = scheduler.route(units, [str(rows[k]["id"]) for k in owner])
         for u, k in enumerate(owner):
+            # only the mamabear's failures are errors, and here it is a placeholder: the next stage runs it
             unit = {"spans": [list(s) for s in routed.spans[u]], "node": routed.exits[u], "confidence": routed.confidences[u]}
-            if u in routed.errors:
-                unit["failure"] = routed.errors[u].cause_text  # the message is written once the row's id is known
             rows[k]["units"].append(unit)
         return _table(rows)
 
@@ -178,7 +177,7 @@ class MamabearStage:
         return _table([self._answer(row) for row in rows])
 
     def _answer(self, row: dict[str, Any]) -> dict[str, Any]:
-        """One text's answer; as in a single process, a text a node failed on gets no entities and the error."""
+        """One text's answer; as in a single process, a text the mamabear failed on gets no entities and the error."""
         units = row["units"]
         failed = next((u for u in units if "failure" in u), None)
         if failed:

@@ -6,7 +6,9 @@
   ``"gpu"`` runs on one worker thread, so the CPU babybears keep working meanwhile: within a wave, and across
   chunks of a stream (the GPU answers chunk k's survivors while the CPU nodes start on chunk k+1).
 * Faults: an out-of-memory error halves the node's batch and retries; any other error is bisected down to the
-  text that causes it, which gets an empty answer carrying a :class:`NodeError`; the rest go on.
+  text that causes it. A text a babybear fails on goes on to the next nodes, as if the gates were unsure (a
+  warning names node and text); one the mamabear fails on gets an empty answer carrying a :class:`NodeError`.
+  The rest go on.
 * Results come back in input order, and a stream of any length runs in flat memory (two chunks in flight).
 """
 
@@ -82,7 +84,8 @@ class NodeRun:
 @dataclass
 class Routed:
     """Routed units: each one's answer, the node it exited at, its confidence (the lowest gate score on that node's
-    out-edges; None for a node without any), its error (if a node failed on it), and per-node stats."""
+    out-edges; None for a node without any), its error (if the mamabear failed on it: a unit a babybear fails on
+    goes on along every out-edge, as if its gates were unsure), and per-node stats."""
 
     spans: list[tuple[Span, ...]]
     exits: list[str]
@@ -187,7 +190,8 @@ class Scheduler:
         reach = {name: np.zeros(n, dtype=bool) for name in topo.order}
         for r in topo.roots:
             reach[r][:] = True
-        failed = np.zeros(n, dtype=bool)
+        failed = np.zeros(n, dtype=bool)  # the mamabear failed on it: no answer
+        broken = {name: np.zeros(n, dtype=bool) for name in topo.order}  # a babybear failed on it: passed on
         preds: dict[str, dict[int, Prediction]] = {name: {} for name in topo.order}
         errors: dict[int, NodeError] = {}
         lowest = {name: np.ones(n) for name in topo.order}  # lowest out-edge gate score per unit
@@ -207,15 +211,25 @@ class Scheduler:
                 preds[name] = dict(zip(ix.tolist(), run.preds))
                 ok = np.ones(len(ix), dtype=bool)
                 for j, err in run.errors.items():
-                    errors[int(ix[j])] = err
-                    failed[ix[j]] = ok[j] = False
-                good = ix[ok].tolist()
-                for succ in circuit.graph.successors(name) if ok.any() else ():
+                    ok[j] = False
+                    if name == topo.mamabear:
+                        errors[int(ix[j])] = err
+                        failed[ix[j]] = True
+                    else:
+                        broken[name][ix[j]] = True
+                for succ in circuit.graph.successors(name):
                     edge = circuit.graph.edges[name, succ]
-                    here = {v: [preds[v][i] for i in good] for v in (name, edge["agree_with"]) if v is not None}
+                    other = edge["agree_with"]
+                    # a unit this node, or the node its gate compares with, failed on is not sure: it goes on
+                    sure = ok & ~broken[other][ix] if other else ok
+                    reach[succ][ix[~sure]] = True
+                    good = ix[sure]
+                    if not len(good):
+                        continue
+                    here = {v: [preds[v][i] for i in good.tolist()] for v in (name, other) if v is not None}
                     scores = edge["gate"].score(circuit.gate_evidence(name, succ, here))
-                    reach[succ][ix[ok][scores < edge["threshold"]]] = True
-                    lowest[name][ix[ok]] = np.minimum(lowest[name][ix[ok]], scores)
+                    reach[succ][good[scores < edge["threshold"]]] = True
+                    lowest[name][good] = np.minimum(lowest[name][good], scores)
         spans, exits, confidences = [], [], []
         for i in range(n):
             if i in errors:
@@ -223,7 +237,7 @@ class Scheduler:
                 exits.append(errors[i].node)
                 confidences.append(None)
                 continue
-            visited = topo.visited(reach, i)
+            visited = [v for v in topo.visited(reach, i) if not broken[v][i]]
             spans.append(merge(visited, {v: preds[v][i] for v in visited}, topo.labels))
             exits.append(visited[-1])
             confidences.append(float(lowest[visited[-1]][i]) if circuit.graph.out_degree(visited[-1]) else None)

@@ -11,7 +11,7 @@ circuit's own character offsets.
 * ``mode="overwrite"`` replaces the entities already on the Doc; ``mode="merge"`` keeps them and adds the
   circuit's entities that overlap none of them.
 * ``doc._.babybear["dropped"]`` counts the circuit's entities not set (overlap, or nothing to align to);
-  ``doc._.babybear["error"]`` says why a Doc got no entities when a node failed on its text (else None).
+  ``doc._.babybear["error"]`` says why a Doc got no entities when the mamabear failed on its text (else None).
 * The circuit is loaded lazily (first use) from the configured folder, or by ``from_disk`` from the copy saved
   inside the pipeline, so ``spacy.load`` never needs the original folder. Loading reads YAML/JSON/model files
   and runs no code from them.

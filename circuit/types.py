@@ -44,8 +44,8 @@ class Answer:
 
     ``confidence`` is the answering node's exit-gate score, P(this answer equals the mamabear's); None for the
     mamabear itself (the reference) and for blank texts. For a text cut into chunks, the lowest over the chunks
-    the answering node answered. ``error`` is set when a node failed on the text (``node`` names it); the
-    answer is then empty.
+    the answering node answered. ``error`` is set when the mamabear failed on the text (``node`` names it);
+    the answer is then empty. (A text a babybear fails on goes on to the next nodes.)
     """
 
     text: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import os
 import threading
@@ -117,14 +118,28 @@ def test_order_and_completeness_under_random_batches_and_failures():
         assert any(a.error for a in answers)
 
 
-def test_a_failing_babybear_names_itself_and_the_rest_goes_on():
+def test_a_text_a_babybear_fails_on_goes_on_to_the_mamabear(caplog):
     circuit = fitted(CapsMamabear(), FragileMemorizer())
     texts = synthetic_texts(50, seed=1)
     texts[17] += " BREAK-BABY"
-    answers = circuit(texts, ids=[f"t{i}" for i in range(50)], batch_size=16)
-    assert answers[17].error is not None and "node 'memo'" in answers[17].error and "'t17'" in answers[17].error
-    assert answers[17].spans == () and answers[17].node == "memo"
-    assert all(a.error is None and a.node in ("memo", "mama") for i, a in enumerate(answers) if i != 17)
+    with caplog.at_level(logging.WARNING, logger="babybear"):
+        answers = circuit(texts, ids=[f"t{i}" for i in range(50)], batch_size=16)
+    assert answers[17].error is None and answers[17].node == "mama"
+    assert answers[17].spans == CapsMamabear().predict_batch([texts[17]])[0].spans != ()
+    assert "node 'memo' failed on text 't17'" in caplog.text
+    assert all(a.error is None and a.node in ("memo", "mama") for a in answers)
+
+
+def test_a_gate_comparing_with_a_babybear_that_failed_sends_the_text_on():
+    circuit = Circuit("toy", {"min_entity_f1": 0.99}).add("frail", FragileMemorizer()).add("memo", Memorizer())
+    circuit.add("mama", CapsMamabear()).connect("frail", "memo").connect("memo", "mama", agree_with="frail")
+    circuit.fit(synthetic_texts(300), progress=False).tune(costs={"frail": 0.0, "memo": 0.0})  # both kept on
+    assert circuit.topology.disabled == frozenset()
+    circuit.set_thresholds({("frail", "memo"): 1.0, ("memo", "mama"): 0.0})  # only a failure reaches the mamabear
+    texts = ["Alice met Bob BREAK-BABY", "Alice met Bob"]
+    answers = circuit(texts)
+    assert [a.node for a in answers] == ["mama", "memo"]
+    assert answers[0].spans == CapsMamabear().predict_batch(texts[:1])[0].spans
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_it_small():
