@@ -7,6 +7,7 @@ Three doors open onto it: the Python builder (``Circuit().add(...).connect(...)`
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,9 @@ from .scheduler import Routed, Scheduler
 from .schema import Budget, CircuitSpec, load_spec, pydantic_problems, validate
 from .text import n_tokens, pieces, split_text, stitch_spans
 from .types import Answer, Prediction, Span
+
+
+log = logging.getLogger("babybear")
 
 
 class Circuit:
@@ -267,16 +271,23 @@ class Circuit:
         blocks = [units[i : i + block] for i in range(0, len(units), max(block, 1))]
         random.Random(seed).shuffle(blocks)
         units = [u for b in blocks for u in b]
-        a = int(len(units) * fractions[0])
-        b = a + int(len(units) * fractions[1])
-        train, calib, tune = units[:a], units[a:b], units[b:]
         topo = self.topology
         self.warm_up()
         mama = self.node(topo.mamabear)
         tokens = np.array([n_tokens(u) for u in units])
         start = time.perf_counter()
-        ref = self._predict(topo.mamabear, units, batch_size, progress)
+        with Scheduler(self, batch_size, progress=progress) as scheduler:
+            labelled = scheduler.predict(topo.mamabear, units)
         mama.cost_ = (time.perf_counter() - start) / max(int(tokens.sum()), 1)
+        keep = [i for i in range(len(units)) if i not in labelled.errors]  # no reference, nothing to learn from
+        if labelled.errors:
+            log.warning("warm-up: the mamabear failed on %d of %d texts; they are left out", len(labelled.errors), len(units))
+        if len(keep) < 20:
+            raise BabybearError(f"warm-up needs at least 20 texts the mamabear can answer, got {len(keep)} of {len(units)}")
+        units, tokens, ref = [units[i] for i in keep], tokens[keep], [labelled.preds[i] for i in keep]
+        a = int(len(units) * fractions[0])
+        b = a + int(len(units) * fractions[1])
+        train, calib, tune = units[:a], units[a:b], units[b:]
         check_budget(self.budget, {s.label for p in ref[b:] for s in p.spans})  # before the babybears train
         for name in topo.order:
             if name != topo.mamabear:
@@ -295,7 +306,10 @@ class Circuit:
         self.heldout_texts_ = held
         self.fit_gates()
         self.report_ = {
-            "warm_up": {"texts": len(texts), "units": len(units), "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed},
+            "warm_up": {
+                "texts": len(texts), "units": len(units), "mamabear_failures": len(labelled.errors),
+                "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed,
+            },
             "babybear_f1_alone": {
                 n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in ref[b:]]) for n in topo.order if n != topo.mamabear
             },

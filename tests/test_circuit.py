@@ -36,6 +36,19 @@ def test_a_per_label_budget_on_a_label_the_mamabear_never_uses_fails_before_the_
     assert toy_circuit.node("memo").known_ is None
 
 
+def test_warm_up_leaves_out_the_texts_the_mamabear_fails_on():
+    from tests.conftest import FragileMamabear
+
+    texts = synthetic_texts(300)
+    broken = {f"BREAK-MAMA Zed{i} met Quill{i}" for i in range(5)}
+    circuit = Circuit("toy").add("memo", Memorizer()).add("mama", FragileMamabear()).connect("memo", "mama")
+    circuit.fit([*texts[:100], *sorted(broken), *texts[100:]], progress=False, block=1)
+    warm_up = circuit.report_["warm_up"]
+    assert warm_up["mamabear_failures"] == 5 and warm_up["units"] == len(set(texts))
+    assert warm_up["train"] + warm_up["calibration"] + warm_up["tuning"] == len(set(texts))
+    assert not broken & set(circuit.heldout_texts_)
+
+
 def test_unfitted_circuit_refuses_to_route(toy_circuit):
     with pytest.raises(NotFittedError):
         toy_circuit(["Hello Bob"])
