@@ -28,6 +28,7 @@ from .errors import BabybearError
 from .graph import Circuit, _load_cache, _save_cache
 from .metrics import f1, span_counts
 from .routing import CachedRun
+from .scheduler import Scheduler
 from .text import n_tokens, pieces
 from .types import Answer, Prediction, Span
 
@@ -50,6 +51,7 @@ class Audit:
         self.by_babybear: list[bool] = []
         self.answered = {"babybear": 0, "mamabear": 0}
         self.mamabear_tp = 0  # spans in the mamabear's own answers: true positives by definition
+        self.left_out = 0  # queued texts a node failed on during flush
 
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> list[Answer]:
         """The circuit's answers to ``texts``; a random ``fraction`` of them is queued for the audit."""
@@ -65,20 +67,28 @@ class Audit:
         return answers
 
     def flush(self) -> None:
-        """Run the queued texts through every node in batches (the mamabear only where a babybear answered)."""
-        for k in range(0, len(self.queue), self.batch_size):
-            batch = self.queue[k : k + self.batch_size]
-            texts = [t for t, _, _ in batch]
-            for name in self.circuit.topology.order:
-                if name != self.mamabear:
-                    self.preds[name] += self.circuit.node(name).predict_batch(texts)
-            checked = [i for i, (_, _, node) in enumerate(batch) if node != self.mamabear]
-            ref = dict(zip(checked, self.circuit.node(self.mamabear).predict_batch([texts[i] for i in checked]) if checked else []))
-            self.preds[self.mamabear] += [Prediction(ref[i].spans) if i in ref else Prediction(spans) for i, (_, spans, _) in enumerate(batch)]
-            self.texts += texts
-            self.answers += [spans for _, spans, _ in batch]
-            self.by_babybear += [node != self.mamabear for _, _, node in batch]
-        self.queue = []
+        """Run the queued texts through every node (the mamabear only where a babybear answered), in batches,
+        with the scheduler's fault isolation. A text some node fails on is left out (and counted); a batch is
+        recorded whole or not at all, so a flush that raises can be called again."""
+        order = self.circuit.topology.order
+        with Scheduler(self.circuit, self.batch_size) as scheduler:
+            while self.queue:
+                batch = self.queue[: self.batch_size]
+                texts = [t for t, _, _ in batch]
+                runs = {name: scheduler.predict(name, texts) for name in order if name != self.mamabear}
+                checked = [i for i, (_, _, node) in enumerate(batch) if node != self.mamabear]
+                ref_run = scheduler.predict(self.mamabear, [texts[i] for i in checked])
+                ref = dict(zip(checked, ref_run.preds))
+                failed = {i for run in runs.values() for i in run.errors} | {checked[j] for j in ref_run.errors}
+                keep = [i for i in range(len(batch)) if i not in failed]
+                for name, run in runs.items():
+                    self.preds[name] += [run.preds[i] for i in keep]
+                self.preds[self.mamabear] += [Prediction(ref[i].spans) if i in ref else Prediction(batch[i][1]) for i in keep]
+                self.texts += [texts[i] for i in keep]
+                self.answers += [batch[i][1] for i in keep]
+                self.by_babybear += [batch[i][2] != self.mamabear for i in keep]
+                self.left_out += len(failed)
+                del self.queue[: self.batch_size]
 
     def _babybear_counts(self) -> np.ndarray:
         """(tp, fp, fn) of each audited babybear answer against the mamabear's."""
@@ -110,6 +120,7 @@ class Audit:
             "answered_by_babybears": n_b,
             "audited": m,
             "mamabear_calls_for_audit": m,
+            "left_out_after_a_node_failed": self.left_out,
             "realised_f1": float(point),
             "interval": [lo, hi],
             "confidence": budget.confidence,

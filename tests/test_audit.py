@@ -49,6 +49,34 @@ def test_drift_raises_the_alarm_and_recalibration_restores_the_budget(fitted, mo
     assert after.report()["realised_f1"] >= fitted.budget.min_entity_f1
 
 
+def test_a_node_failing_during_flush_leaves_that_text_out_and_the_audit_whole(fitted, monkeypatch):
+    audit = Audit(fitted, fraction=1.0, batch_size=16)
+    texts = synthetic_texts(60, seed=8)
+    audit(texts)
+    queued = len(audit.queue)
+    node, original = fitted.node("memo"), fitted.node("memo").predict_batch
+
+    def fails_on_one(batch):
+        if texts[3] in batch:
+            raise ValueError("cannot read this text")
+        return original(batch)
+
+    monkeypatch.setattr(node, "predict_batch", fails_on_one)
+    audit.flush()
+    assert texts[3] not in audit.texts and audit.report()["left_out_after_a_node_failed"] == 1
+    assert all(len(p) == len(audit.texts) == queued - 1 for p in audit.preds.values())
+
+    audit(texts[:20])
+    monkeypatch.setattr(node, "predict_batch", lambda batch: (_ for _ in ()).throw(BabybearError("model not installed")))
+    with pytest.raises(BabybearError, match="not installed"):
+        audit.flush()  # a configuration error: nothing of the batch is recorded, the queue is kept
+    assert len(audit.queue) == 20 and all(len(p) == len(audit.texts) for p in audit.preds.values())
+    monkeypatch.setattr(node, "predict_batch", original)
+    audit.flush()
+    assert not audit.queue and len(audit.texts) == queued - 1 + 20
+    assert len(audit.cached_run().tokens) == len(audit.texts)
+
+
 def test_bad_fraction_and_empty_audit_are_explained(fitted):
     with pytest.raises(BabybearError, match="fraction must be in"):
         Audit(fitted, fraction=0)
