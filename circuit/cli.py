@@ -6,6 +6,7 @@ Errors are one line (``babybear: error: ...``) with exit code 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -67,9 +68,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         _run_on_ray(args)
         return
     circuit = Circuit.load(args.dir)
-    source = open(args.input, encoding="utf-8", errors="replace") if args.input else sys.stdin
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
+    with contextlib.ExitStack() as files:
+        source = files.enter_context(open(args.input, encoding="utf-8", errors="replace")) if args.input else sys.stdin
+        sink = files.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
         # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
         for_texts, for_ids, for_output = itertools.tee(_records(source), 3)
         texts, ids = (r["text"] for r in for_texts), (r["id"] for r in for_ids)
@@ -78,11 +79,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             if "error" in record:
                 out["error"] = record["error"]
             sink.write(json.dumps(out, ensure_ascii=False) + "\n")
-    finally:
-        if args.input:
-            source.close()
-        if args.output:
-            sink.close()
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:
@@ -331,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except BabybearError as err:
         print(f"babybear: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the command was pointed at cannot be read or written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"babybear: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("babybear: interrupted", file=sys.stderr)

@@ -209,6 +209,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "not a fitted circuit folder" in capsys.readouterr().err
 
 
+def test_cli_run_names_a_file_it_cannot_open(fitted, tmp_path, capsys):
+    from circuit.cli import main
+
+    folder = fitted.save(tmp_path / "fitted")
+    assert main(["run", str(folder), "--input", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err == f"babybear: error: {tmp_path / 'missing.txt'}: No such file or directory\n"
+    (tmp_path / "in.txt").write_text("Alice met Bob\n", encoding="utf-8")
+    assert main(["run", str(folder), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "no" / "out.jsonl")]) == 2
+    assert capsys.readouterr().err == f"babybear: error: {tmp_path / 'no' / 'out.jsonl'}: No such file or directory\n"
+
+
 class _Counting(Memorizer):
     calls = 0
 
