@@ -108,15 +108,22 @@ class BabybearNER:
 
     # -- serialization -----------------------------------------------------------------------------------------
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:
-        """Copy the circuit folder into ``path/circuit``."""
+        """Save the circuit into ``path/circuit``: the one in memory once loaded (so a re-tuned circuit keeps its
+        thresholds), else a copy of its folder. It is written beside the target first, then moved into place."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         target = path / CIRCUIT_FOLDER
-        if self.source is None or not (self.source / "circuit.yaml").is_file():
+        if self._circuit is None and (self.source is None or not (self.source / "circuit.yaml").is_file()):
             raise ArtifactError(f"babybear_ner: cannot save the circuit: {self.source} is not a fitted circuit folder")
-        if self.source.resolve() != target.resolve():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.source, target)
+        fresh = path / f"{CIRCUIT_FOLDER}.saving"
+        shutil.rmtree(fresh, ignore_errors=True)
+        if self._circuit is not None:
+            self._circuit.save(fresh)
+        else:
+            assert self.source is not None
+            shutil.copytree(self.source, fresh)
+        shutil.rmtree(target, ignore_errors=True)
+        fresh.rename(target)
 
     def from_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> "BabybearNER":
         """Load the circuit copied into ``path/circuit`` by :meth:`to_disk`."""

@@ -123,6 +123,20 @@ def test_to_disk_and_spacy_load_in_a_fresh_process(circuit_dir, tmp_path):
     assert json.loads(out.stdout) == [["Bob", "ENT", "memo"], ["Alice", "ENT", "memo"], ["7", "NUM", "memo"]]
 
 
+def test_to_disk_saves_the_circuit_in_memory_with_its_new_thresholds(circuit_dir, tmp_path):
+    nlp = blank(circuit_dir)
+    component = nlp.get_pipe("babybear_ner")
+    component.circuit.set_thresholds({("memo", "mama"): 1.0})  # everything goes on to the mamabear
+    nlp.to_disk(tmp_path / "pipeline")
+    saved = Circuit.load(tmp_path / "pipeline" / "babybear_ner" / "circuit")
+    assert saved.thresholds[("memo", "mama")] == 1.0 and saved == component.circuit
+    assert Circuit.load(circuit_dir).thresholds[("memo", "mama")] != 1.0  # the source folder is untouched
+    reloaded = spacy.load(tmp_path / "pipeline")
+    assert reloaded(TEXTS[0])._.babybear["node"] == "mama"
+    reloaded.to_disk(tmp_path / "pipeline")  # over the folder its circuit was loaded from
+    assert spacy.load(tmp_path / "pipeline")(TEXTS[0])._.babybear["node"] == "mama"
+
+
 @pytest.mark.parametrize(
     "damage, named",
     [
