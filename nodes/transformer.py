@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from circuit.errors import ArtifactError, NotFittedError
+from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node, Params
 from circuit.types import Prediction, Span
 from nodes import _align
@@ -343,6 +343,8 @@ class TransformerTagger(Node):
         if self._tokenizer is None:
             self._load_pretrained_tokenizer()
         if self.model_ is None:
+            with _quiet_transformers():
+                self._encoder_config(_encoder_path(self.params.encoder))  # a bad depth fails before any warm-up work
             return
         if self.params.runtime == "onnx" and self._session is None:
             self._session = self._open_onnx_session()
@@ -375,7 +377,7 @@ class TransformerTagger(Node):
         torch.manual_seed(p.seed)
         rng = np.random.default_rng(p.seed)
         self._load_pretrained_tokenizer()
-        self._session, self._onnx_dir = None, None
+        self._session, self._onnx_dir, self._tmp = None, None, None  # ONNX graphs of an earlier model are stale
         self.labels_ = bio_labels(reference)
         label2id = {label: i for i, label in enumerate(self.labels_)}
         self.temperature_ = 1.0
@@ -650,17 +652,11 @@ class TransformerTagger(Node):
     # -- model -----------------------------------------------------------------------------------------------
     def _build_model(self, pretrained: bool, config_dir: Path | None = None) -> Any:
         """The student module: pretrained encoder weights for training, or an empty one to load weights into."""
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         source = str(config_dir) if config_dir is not None else _encoder_path(self.params.encoder)
         with _quiet_transformers():
-            config = AutoConfig.from_pretrained(source)
-            if self.params.layers is not None:
-                if self.params.layers > config.num_hidden_layers:
-                    raise ValueError(
-                        f"layers={self.params.layers} but the encoder has only {config.num_hidden_layers}"
-                    )
-                config.num_hidden_layers = self.params.layers
+            config = self._encoder_config(source)
             if pretrained:
                 encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False)
                 # Own, aligned copies of the weights (a checkpoint's memory map can leave them at odd addresses,
@@ -670,6 +666,20 @@ class TransformerTagger(Node):
             else:
                 encoder = AutoModel.from_config(config, add_pooling_layer=False)
         return _student_class()(encoder, len(self.labels_), self.params.shape_embeddings)
+
+    def _encoder_config(self, source: str) -> Any:
+        """The encoder's config, cut to ``layers``; a depth the encoder does not have is a configuration error."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source)
+        if self.params.layers is not None:
+            if self.params.layers > config.num_hidden_layers:
+                raise BabybearError(
+                    f"TransformerTagger: layers={self.params.layers} but the encoder {self.params.encoder!r} has only "
+                    f"{config.num_hidden_layers}"
+                )
+            config.num_hidden_layers = self.params.layers
+        return config
 
     def _torch_device(self) -> str:
         if self.params.device != "auto":
@@ -721,17 +731,25 @@ class TransformerTagger(Node):
             model.to(self._torch_device())
         return path
 
-    def _onnx_file(self) -> Path:
-        """The ONNX graph to run (the int8 one when asked), exported into a temporary folder if not on disk."""
-        if self._onnx_dir is None:
+    def _scratch(self) -> Path:
+        """This node's own temporary folder, for the ONNX graphs it makes: never the folder it was loaded from,
+        which may be read-only."""
+        if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="babybear-student-")
-            self._onnx_dir = Path(self._tmp.name)
+        return Path(self._tmp.name)
+
+    def _onnx_file(self) -> Path:
+        """The ONNX graph to run (the int8 one when asked), made in the scratch folder if not on disk."""
+        if self._onnx_dir is None:
+            self._onnx_dir = self._scratch()
         fp32 = self._onnx_dir / "model.onnx"
         if not fp32.exists():
             self.export_onnx(fp32)
         if not self.params.quantize_int8:
             return fp32
         int8 = self._onnx_dir / "model.int8.onnx"
+        if not int8.exists():
+            int8 = self._scratch() / "model.int8.onnx"
         if not int8.exists():
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -775,10 +793,11 @@ class TransformerTagger(Node):
         }
         (path / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
         if self.params.runtime == "onnx":
-            src = self._onnx_file().parent
-            for name in ("model.onnx", "model.int8.onnx"):
-                if (src / name).exists() and src != path:
-                    (path / name).write_bytes((src / name).read_bytes())
+            self._onnx_file()  # make the graphs this node runs, if it has not yet
+            for src in {self._onnx_dir, self._scratch()} - {path}:
+                for name in ("model.onnx", "model.int8.onnx"):
+                    if src is not None and (src / name).exists():
+                        (path / name).write_bytes((src / name).read_bytes())
 
     def from_disk(self, path: Path) -> TransformerTagger:
         """Load a student written by :meth:`to_disk`. What was learned (encoder shape, labels, temperature)
@@ -790,20 +809,23 @@ class TransformerTagger(Node):
         missing = [n for n in (_CONFIG_FILE, _WEIGHTS_FILE, _TOKENIZER_FILE, "config.json") if not (path / n).exists()]
         if missing:
             raise ArtifactError(f"{path}: not a saved TransformerTagger; missing {', '.join(missing)}")
-        config = json.loads((path / _CONFIG_FILE).read_text())
-        if config.get("format") != _FORMAT or config.get("shape_vocab") != list(SHAPES):
-            raise ArtifactError(f"{path / _CONFIG_FILE}: written by an incompatible version of TransformerTagger")
-        runtime = {k: getattr(self.params, k) for k in _RUNTIME_PARAMS}
-        self.params = TransformerTaggerParams(**{**config["params"], **runtime})
-        self.labels_ = list(config["labels"])
-        self.temperature_ = float(config["temperature"])
-        self.restart_rate_ = float(config["restart_rate"])
-        self.report_ = dict(config.get("report", {}))
-        self._special = {k: int(v) for k, v in config["special_token_ids"].items()}
+        try:
+            config = json.loads((path / _CONFIG_FILE).read_text(encoding="utf-8"))
+            if config.get("format") != _FORMAT or config.get("shape_vocab") != list(SHAPES):
+                raise ArtifactError(f"{path / _CONFIG_FILE}: written by an incompatible version of TransformerTagger")
+            runtime = {k: getattr(self.params, k) for k in _RUNTIME_PARAMS}
+            self.params = TransformerTaggerParams(**{**config["params"], **runtime})
+            self.labels_ = list(config["labels"])
+            self.temperature_ = float(config["temperature"])
+            self.restart_rate_ = float(config["restart_rate"])
+            self.report_ = dict(config.get("report", {}))
+            self._special = {k: int(v) for k, v in config["special_token_ids"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # pydantic's ValidationError is a ValueError
+            raise ArtifactError(f"{path / _CONFIG_FILE}: cannot read it: {type(err).__name__}: {err}") from err
         self._set_tokenizer(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
         self.model_ = self._build_model(pretrained=False, config_dir=path)
         load_model(self.model_, str(path / _WEIGHTS_FILE))
         self.model_.eval()
-        self._session = None
+        self._session, self._tmp = None, None
         self._onnx_dir = path if (path / "model.onnx").exists() else None
         return self

@@ -3,6 +3,7 @@ save/load parity, layer truncation, and property tests of the subword → charac
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from circuit import registry  # noqa: E402
-from circuit.errors import NotFittedError  # noqa: E402
+from circuit.errors import ArtifactError, BabybearError, NotFittedError  # noqa: E402
 from circuit.metrics import entity_f1  # noqa: E402
 from circuit.types import Prediction, Span  # noqa: E402
 from nodes import _align  # noqa: E402
@@ -130,8 +131,13 @@ def test_onnx_runtime_matches_torch(student, data, tmp_path):
     # int8 dynamic quantization moves probabilities, and a small student has many near ties; stated tolerance:
     # entity-F1 against the mamabear within 0.03 of torch's, and against torch's own spans at least 0.85
     # (measured: 0.92, and 0.521 against torch's 0.522).
+    saved = sorted(p.name for p in tmp_path.iterdir())
     int8 = TransformerTagger(runtime="onnx", quantize_int8=True, device="cpu").from_disk(tmp_path)
     int8_preds = int8.predict_batch(texts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == saved  # the int8 graph is made elsewhere: folders may be read-only
+    (tmp_path / "with-int8").mkdir()
+    int8.to_disk(tmp_path / "with-int8")
+    assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in (tmp_path / "with-int8").iterdir()}
     refs = data["test_ref"][:100]
     print(f"int8: F1 vs torch {f1_vs(int8_preds, torch_preds):.3f}; vs mamabear {f1_vs(int8_preds[:100], refs):.3f}"
           f" (torch {f1_vs(torch_preds[:100], refs):.3f})")
@@ -166,6 +172,24 @@ def test_params_are_checked():
         TransformerTagger(max_length=32, stride=31)
     with pytest.raises(ValueError, match="extra"):
         TransformerTagger(layer=2)
+
+
+def test_a_depth_the_encoder_lacks_fails_at_warm_up():
+    with pytest.raises(BabybearError, match="layers=9 but the encoder 'minilm-l6' has only 6"):
+        TransformerTagger(layers=9).warm_up()
+
+
+@pytest.mark.slow
+def test_a_damaged_student_json_is_an_artifact_error(student, tmp_path):
+    student.to_disk(tmp_path)
+    config = json.loads((tmp_path / "student.json").read_text())
+    del config["temperature"]
+    (tmp_path / "student.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=r"student\.json: cannot read it: KeyError"):
+        TransformerTagger().from_disk(tmp_path)
+    (tmp_path / "student.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"student\.json: cannot read it: JSONDecodeError"):
+        TransformerTagger().from_disk(tmp_path)
 
 
 def test_registered_under_its_versioned_name():
