@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from .types import Span
 
 MAX_CHARS, OVERLAP = 2000, 200  # long texts are routed as overlapping chunks of this size
+_SPACES = (" ", "\n", "\t", "\r")
 
 
 def split_text(text: str, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) -> list[tuple[int, int, int, int]]:
@@ -28,13 +29,13 @@ def split_text(text: str, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) ->
     while True:
         end = min(start + max_chars, n)
         if end < n:
-            cut = text.rfind(" ", start + max_chars - overlap // 2, end)
+            cut = max(text.rfind(c, start + max_chars - overlap // 2, end) for c in _SPACES)
             end = cut if cut > start else end
         chunks.append((start, end))
         if end >= n:
             break
         nxt = end - overlap
-        space = text.find(" ", nxt, end)
+        space = min((i for i in (text.find(c, nxt, end) for c in _SPACES) if i != -1), default=-1)
         start = space + 1 if space != -1 else nxt
     out = []
     for i, (s, e) in enumerate(chunks):

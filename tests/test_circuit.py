@@ -86,6 +86,15 @@ def test_split_cores_tile_the_text_and_overlap_protects_spans():
     assert len(stitch_spans(chunks, spans)) == len(chunks)
 
 
+@pytest.mark.parametrize("space", [" ", "\n", "\t"])
+def test_long_texts_are_cut_at_any_whitespace_not_inside_words(space):
+    text = space.join(f"word{i}" for i in range(1500))
+    chunks = split_text(text, 2000, 200)
+    assert len(chunks) > 1
+    for s, e, _, _ in chunks:
+        assert (s == 0 or text[s - 1] == space) and (e == len(text) or text[e] == space)
+
+
 def test_simulator_agrees_with_real_routing_sentence_for_sentence(fitted):
     texts = synthetic_texts(200, seed=2)
     routed = fitted.route(texts)
