@@ -35,6 +35,7 @@ def entity_f1(preds: Sequence[Iterable[Span]], refs: Sequence[Iterable[Span]]) -
 
 
 def per_label_counts(preds: Sequence[Iterable[Span]], refs: Sequence[Iterable[Span]]) -> dict[str, list[int]]:
+    """[tp, fp, fn] per label, summed over the sentences."""
     out: dict[str, list[int]] = {}
     for p, r in zip(preds, refs, strict=True):
         p, r = set(p), set(r)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import f1, span_counts
+from .metrics import f1, per_label_counts, span_counts
 from .types import Prediction, Span
 
 Edge = tuple[str, str]
@@ -115,11 +115,7 @@ class CachedRun:
         if key not in self._counts:
             answer = merge(visited, {v: self.preds[v][i] for v in visited}, self.topology.labels)
             ref = self.reference[i].spans
-            per_label: dict[str, list[int]] = {}
-            for s in set(answer) | set(ref):
-                c = per_label.setdefault(s.label, [0, 0, 0])
-                c[0 if (s in ref and s in answer) else 1 if s in answer else 2] += 1
-            self._counts[key] = (*span_counts(answer, ref), per_label)
+            self._counts[key] = (*span_counts(answer, ref), per_label_counts([answer], [ref]))
         return self._counts[key]
 
     def evaluate(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> dict:

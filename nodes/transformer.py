@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
+from circuit.metrics import expected_calibration_error
 from circuit.node import Node, Params
 from circuit.types import Prediction, Span
 from nodes import _align
@@ -203,19 +204,9 @@ def restart_rate(encs: Sequence[_Encoded], reference: Sequence[Prediction], labe
     return (restarts + 1) / (restarts + continues + 2)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE of the top-class probability over equal-width bins (``probs``: (n, k); ``labels``: (n,))."""
-    if len(labels) == 0:
-        return 0.0
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
-    return float(ece)
+def top_label_calibration_error(probs: np.ndarray, labels: np.ndarray) -> float:
+    """ECE of the top label's probability over 15 equal-width bins (``probs``: (n, k); ``labels``: (n,))."""
+    return expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins=15)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -534,8 +525,8 @@ class TransformerTagger(Node):
         self.report_ = {
             "temperature": self.temperature_,
             "calibration_tokens": int(len(y)),
-            "ece_before": expected_calibration_error(_align.softmax(z), y),
-            "ece_after": expected_calibration_error(_align.softmax(z / self.temperature_), y),
+            "ece_before": top_label_calibration_error(_align.softmax(z), y),
+            "ece_after": top_label_calibration_error(_align.softmax(z / self.temperature_), y),
         }
 
     def calibration_error(self, texts: Sequence[str], reference: Sequence[Prediction]) -> dict[str, float]:
@@ -545,8 +536,8 @@ class TransformerTagger(Node):
         self.warm_up()
         z, y = self._calibration_data(self._encode(texts), reference)
         return {
-            "ece_unscaled": expected_calibration_error(_align.softmax(z), y),
-            "ece_scaled": expected_calibration_error(_align.softmax(z / self.temperature_), y),
+            "ece_unscaled": top_label_calibration_error(_align.softmax(z), y),
+            "ece_scaled": top_label_calibration_error(_align.softmax(z / self.temperature_), y),
             "tokens": float(len(y)),
         }
 
