@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import BabybearError
 from .graph import Circuit
+from .records import parse_line
 from .types import Span
 
 STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
@@ -30,21 +31,13 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """JSONL records ({"id", "text"}) or plain lines, numbered from 1; bad records carry an error."""
+    """Rows of JSONL (``{"id", "text"}``) or plain lines, read as the Ray engine reads them; a row without an id
+    is named by its line number (from 1), and a bad row carries an error naming the line."""
     for n, line in enumerate(lines, 1):
-        line = line.rstrip("\n")
-        record: dict[str, Any] = {"id": str(n), "text": line}
-        if line.lstrip().startswith("{"):
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                record["error"] = f"line {n}: not valid JSON ({err.msg})"
-            else:
-                text = data.get("text") if isinstance(data, dict) else None
-                record = {"id": str(data.get("id", n)) if isinstance(data, dict) else str(n), "text": text}
-                if not isinstance(text, str):
-                    record["text"] = ""
-                    record["error"] = f"line {n}: field 'text' is missing or not a string"
+        row = parse_line(line.rstrip("\n"))
+        record: dict[str, Any] = {"id": str(n) if row["id"] is None else row["id"], "text": row["text"]}
+        if row["error"]:
+            record["error"] = f"line {n}: {row['error']}"
         yield record
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BabybearError, NodeError
 from .graph import Circuit
 from .node import Node
+from .records import parse_line, record
 from .scheduler import Scheduler
 from .text import split_text, stitch_spans
 from .types import Answer, Prediction, Span
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     import ray
     import ray.data
 
-NOT_TEXT = "field 'text' is missing or not a string"
 RESERVED_CPUS = 1.0  # left to Ray Data's own tasks (listing and reading files): actors holding every CPU stall it
 _CACHE_FILE = "heldout.json"  # the warm-up cache, for tuning only: not shipped to workers
 
@@ -50,36 +50,13 @@ def _require_ray() -> None:
 
 
 # -- input rows ----------------------------------------------------------------------------------------------
-def parse_line(line: str) -> dict[str, Any]:
-    """One JSONL line (``{"id", "text"}``) or plain text line as ``{"id", "text", "error"}`` (id None if absent).
-
-    Mirrors ``babybear run``: a line that looks like JSON but is not keeps its raw text and gets an error.
-    """
-    if not line.lstrip().startswith("{"):
-        return {"id": None, "text": line, "error": None}
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as err:
-        return {"id": None, "text": line, "error": f"not valid JSON ({err.msg})"}
-    if not isinstance(data, dict):
-        return {"id": None, "text": "", "error": NOT_TEXT}
-    return _record(data.get("id"), data.get("text"))
-
-
-def _record(id_: Any, text: Any) -> dict[str, Any]:
-    row_id = None if id_ is None else str(id_)
-    if isinstance(text, str):
-        return {"id": row_id, "text": text, "error": None}
-    return {"id": row_id, "text": "", "error": NOT_TEXT}
-
-
 def _rows_from_batch(batch: pa.Table, lines: bool) -> list[dict[str, Any]]:
     if lines:
         return [parse_line(line) for line in batch.column("text").to_pylist()]
     cols = batch.column_names
     ids = batch.column("id").to_pylist() if "id" in cols else [None] * batch.num_rows
     texts = batch.column("text").to_pylist() if "text" in cols else [None] * batch.num_rows
-    return [_record(i, t) for i, t in zip(ids, texts)]
+    return [record(i, t) for i, t in zip(ids, texts)]
 
 
 def _table(rows: Sequence[dict[str, Any]]) -> pa.Table:
@@ -181,11 +158,12 @@ class MamabearStage:
         units = row["units"]
         failed = next((u for u in units if "failure" in u), None)
         if failed:
-            return {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
-        node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
-        scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
-        spans = stitch_spans(split_text(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
-        out = Answer(row["text"], spans, node, row["id"], min(scores) if scores else None).to_dict()
+            out = {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
+        else:
+            node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
+            scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
+            spans = stitch_spans(split_text(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
+            out = Answer(row["text"], spans, node, row["id"], min(scores) if scores else None).to_dict()
         if row["error"]:
             out["error"] = row["error"]
         return out
@@ -278,11 +256,12 @@ def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
                 n += 1
                 row = json.loads(raw)
                 row["id"] = str(n) if row["id"] is None else row["id"]
-                if "error" in row:
+                failure = row.pop("failure", None)  # the mamabear failed on this text
+                if "error" in row:  # the row's own error comes first, as in a single process
                     row["error"] = f"{unit} {n}: {row['error']}"
                     errors += 1
-                if "failure" in row:  # a node failed on this text: worded as in a single process
-                    row["error"] = NodeError.describe(row["node"], row["id"], row.pop("failure"))
+                elif failure is not None:
+                    row["error"] = NodeError.describe(row["node"], row["id"], failure)
                     errors += 1
                 per_node[str(row["node"])] = per_node.get(str(row["node"]), 0) + 1
                 rows.append(row)

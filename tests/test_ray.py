@@ -58,6 +58,7 @@ def test_same_answers_as_the_single_process_and_bad_rows_reported(circuit_dir, l
         "",
         "a plain line about Tony Blair in London",
         json.dumps({"id": "long", "text": " ".join(test[200:260])}),  # cut into several units
+        json.dumps({"id": None, "text": "an id of null is named by its line"}),
     ]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -75,6 +76,7 @@ def test_same_answers_as_the_single_process_and_bad_rows_reported(circuit_dir, l
     assert rows[13] == {"id": "14", "text": "", "entities": [], "node": None}
     assert {r["node"] for r in rows} >= {"memo", "mama"}  # both nodes answered some texts
     assert len(rows[15]["text"]) > 2000
+    assert rows[16]["id"] == "17"
 
 
 @pytest.mark.slow
@@ -85,7 +87,7 @@ def test_node_failures_are_handled_as_in_one_process(local_ray, tmp_path):
     circuit = Circuit("fragile").add("memo", FragileMemorizer()).add("mama", FragileMamabear()).connect("memo", "mama")
     folder = circuit.fit(train[:600], progress=False).save(tmp_path / "fragile")
     lines = test[:60]
-    lines[5:5] = ["BREAK-BABY in a sentence about Tony Blair", "BREAK-MAMA with Gordon Brown in London"]
+    lines[5:5] = ["BREAK-BABY in a sentence about Tony Blair", "BREAK-MAMA with Gordon Brown in London", "{BREAK-MAMA"]
     source = tmp_path / "in.txt"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["run", str(folder), "--input", str(source), "--output", str(tmp_path / "local.jsonl")]) == 0
@@ -97,7 +99,8 @@ def test_node_failures_are_handled_as_in_one_process(local_ray, tmp_path):
     # the babybear failed: the mamabear answered; the mamabear failed: no entities, and the error
     assert rows[5]["node"] == "mama" and rows[5].get("error") is None and rows[5]["entities"]
     assert "node 'mama' failed" in rows[6]["error"] and rows[6]["entities"] == []
-    assert sum("error" in r for r in rows) == 1
+    assert rows[7]["error"].startswith("line 8: not valid JSON")  # its own error comes first, in both
+    assert sum("error" in r for r in rows) == 2
 
 
 @pytest.mark.slow
