@@ -211,9 +211,12 @@ def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict
 
 
 def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> CircuitSpec:
-    """Parse and validate a circuit from a dict, a YAML string, or a YAML file. Raises with every problem."""
+    """Parse and validate a circuit from a dict, a YAML string, or a YAML file. Raises with every problem.
+
+    A one-line string is a file path when it ends in .yaml/.yml or could not be a YAML mapping (has no ':')."""
     text = None
-    if isinstance(data, Path) or (isinstance(data, str) and "\n" not in data and data.endswith((".yaml", ".yml"))):
+    one_line = isinstance(data, str) and "\n" not in data
+    if isinstance(data, Path) or (one_line and (data.endswith((".yaml", ".yml")) or ":" not in data)):
         path = Path(data)
         if not path.is_file():
             raise BabybearError(f"circuit file not found: {path}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit import Circuit, CircuitValidationError
+from circuit import BabybearError, Circuit, CircuitValidationError
 from circuit.node import Params
 from nodes.gates import CalibratedGate
 from tests.conftest import FIXTURES, CapsMamabear, Memorizer
@@ -68,6 +68,12 @@ def test_not_yaml_and_missing_file():
         Circuit.from_yaml("nodes: [unclosed\n")
     with pytest.raises(Exception, match="circuit file not found"):
         Circuit.from_yaml("nope/missing.yaml")
+
+
+@pytest.mark.parametrize("path", ["circuits/missing.yaml", "my.circuit", "circuits/news"])
+def test_a_missing_circuit_file_is_named(path):
+    with pytest.raises(BabybearError, match=f"circuit file not found: {path}"):
+        Circuit.from_yaml(path)
 
 
 def test_confidence_of_one_is_rejected_up_front():
