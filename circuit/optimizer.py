@@ -141,9 +141,11 @@ class Scorer:
         self._counts: dict[int, np.ndarray] = {}  # visited-set bitmask -> (n, 1 + labels, 3)
 
     def codes(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> np.ndarray:
-        """Each sentence's visited set as a bitmask over the topological order."""
+        """Each sentence's visited set (the nodes that ran on it: not switched-off ones, as
+        :meth:`Topology.visited`) as a bitmask over the topological order."""
         reach = self.run.reach(thresholds, rows)
-        return sum((reach[n].astype(np.int64) * b for n, b in self.bit.items()), np.zeros(len(next(iter(reach.values()))), np.int64))
+        ran = [(n, b) for n, b in self.bit.items() if n not in self.topology.disabled]
+        return sum((reach[n].astype(np.int64) * b for n, b in ran), np.zeros(len(next(iter(reach.values()))), np.int64))
 
     def _table(self, code: int) -> np.ndarray:
         if code not in self._counts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -36,8 +38,10 @@ def synthetic_run(n: int, seed: int = 0, chain: tuple[str, ...] = ("rules", "crf
     return CachedRun(topo, preds, scores, costs, rng.integers(5, 40, n).astype(float))
 
 
-def test_vectorised_scores_equal_the_simulator():
+@pytest.mark.parametrize("switched_off", [frozenset(), frozenset({"b"})])
+def test_vectorised_scores_equal_the_simulator(switched_off):
     run = synthetic_run(400, chain=("a", "b", "c"))
+    run = run.with_topology(replace(run.topology, disabled=switched_off))
     scorer = Scorer(run, ["PER"])
     rng = np.random.default_rng(1)
     for _ in range(20):
