@@ -73,17 +73,19 @@ def _pack(folder: Path) -> dict[str, bytes | None]:
     return {str(f.relative_to(folder)): f.read_bytes() if f.is_file() else None for f in folder.rglob("*") if f.name != _CACHE_FILE}
 
 
-def _unpack(files: ray.ObjectRef) -> Circuit:
+def _unpack(files: ray.ObjectRef) -> tuple[Circuit, tempfile.TemporaryDirectory]:
+    """The circuit, loaded from a copy of its folder in a temporary one that goes when the caller drops it."""
     import ray
 
-    folder = Path(tempfile.mkdtemp(prefix="babybear-"))
+    tmp = tempfile.TemporaryDirectory(prefix="babybear-")
+    folder = Path(tmp.name)
     for rel, data in ray.get(files).items():
         if data is None:
             (folder / rel).mkdir(parents=True, exist_ok=True)
         else:
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
-    return Circuit.load(folder)
+    return Circuit.load(folder), tmp
 
 
 class _Deferred(Node):
@@ -100,7 +102,7 @@ class BabybearStage:
     """Parses rows and routes their units through the babybears; marks the units that go on to the mamabear."""
 
     def __init__(self, files: ray.ObjectRef, lines: bool, batch_size: int) -> None:
-        self.circuit = _unpack(files)
+        self.circuit, self._folder = _unpack(files)
         self.mamabear = self.circuit.mamabear
         for name in self.circuit.graph:
             if name != self.mamabear:
@@ -130,7 +132,7 @@ class MamabearStage:
     """Answers the marked units with the mamabear and assembles each text's answer as ``Circuit.__call__`` does."""
 
     def __init__(self, files: ray.ObjectRef, batch_size: int) -> None:
-        circuit = _unpack(files)
+        circuit, self._folder = _unpack(files)
         self.name = circuit.mamabear
         self.circuit = circuit
         circuit.node(self.name).warm_up()
