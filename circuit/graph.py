@@ -72,6 +72,7 @@ class Circuit:
 
     # -- description -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The circuit as the YAML describes it (types, params, labels, edges, thresholds); no learned state."""
         nodes = {}
         for name, data in self.graph.nodes(data=True):
             spec: dict[str, Any] = {"type": registry.nodes.name_of(type(data["node"]))}
@@ -98,6 +99,7 @@ class Circuit:
         return {"version": 1, "name": self.name, "budget": self.budget.model_dump(exclude_defaults=True), "nodes": nodes, "edges": edges}
 
     def to_yaml(self, path: str | Path | None = None) -> str:
+        """:meth:`to_dict` as YAML, also written to ``path`` when given."""
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
@@ -105,6 +107,7 @@ class Circuit:
 
     @classmethod
     def from_spec(cls, spec: CircuitSpec) -> Circuit:
+        """Build unfitted nodes and gates from a validated spec."""
         circuit = cls(spec.name, spec.budget)
         for name, n in spec.nodes.items():
             circuit.add(name, registry.nodes.get(n.type)(**n.params), n.labels, n.enabled)
@@ -114,6 +117,7 @@ class Circuit:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Circuit:
+        """Validate a dict shaped like the YAML (every problem at once) and build the circuit."""
         return cls.from_spec(load_spec(data))
 
     @classmethod
@@ -122,6 +126,7 @@ class Circuit:
         return cls.from_spec(load_spec(source))
 
     def validate(self) -> Circuit:
+        """Raise :class:`CircuitValidationError` with every problem of the circuit as built; returns self."""
         spec = CircuitSpec.model_validate(self.to_dict())
         problems = validate(spec)
         if problems:
@@ -136,10 +141,12 @@ class Circuit:
 
     # -- structure ---------------------------------------------------------------------------------------------
     def node(self, name: str) -> Node:
+        """The node named ``name``."""
         return self.graph.nodes[name]["node"]
 
     @property
     def mamabear(self) -> str:
+        """The name of the single mamabear node."""
         names = [n for n, d in self.graph.nodes(data=True) if d["node"].role == "mamabear"]
         if len(names) != 1:
             raise BabybearError(f"a circuit needs exactly one mamabear node, found {len(names)}")
@@ -147,6 +154,7 @@ class Circuit:
 
     @property
     def topology(self) -> Topology:
+        """What routing needs: node order, edges, labels, switched-off nodes, agreements."""
         order = list(nx.lexicographical_topological_sort(self.graph))
         labels = {n: self.graph.nodes[n]["labels"] for n in order}
         disabled = frozenset(n for n in order if not self.graph.nodes[n]["enabled"])
@@ -155,9 +163,11 @@ class Circuit:
 
     @property
     def thresholds(self) -> dict[Edge, float]:
+        """Each edge's threshold: a sentence goes on along an edge when the gate scores it below it."""
         return {(s, t): d["threshold"] for s, t, d in self.graph.edges(data=True)}
 
     def set_thresholds(self, thresholds: dict[Edge, float]) -> Circuit:
+        """Set some edges' thresholds by hand; returns self."""
         for edge, value in thresholds.items():
             self.graph.edges[edge]["threshold"] = float(value)
         return self
@@ -211,6 +221,7 @@ class Circuit:
         return self
 
     def warm_up(self) -> Circuit:
+        """Load every node's weights (idempotent); returns self."""
         for name in self.graph:
             self.node(name).warm_up()
         return self

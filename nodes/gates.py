@@ -21,6 +21,8 @@ class CalibratedGate(Gate):
     """
 
     class Params(Params):
+        """``method``: Platt scaling alone, or followed by isotonic regression; ``C``: inverse L2 strength."""
+
         method: Literal["platt", "isotonic"] = "platt"
         C: float = 1.0
 
@@ -35,6 +37,7 @@ class CalibratedGate(Gate):
         return (x - np.array(self.state_["mean"])) / np.array(self.state_["scale"])
 
     def fit(self, evidence: Sequence[dict[str, float]], agrees: Sequence[bool]) -> CalibratedGate:
+        """Fit on held-out evidence and whether the source agreed with the mamabear; the report gets the ECE."""
         from sklearn.isotonic import IsotonicRegression
         from sklearn.linear_model import LogisticRegression
 
@@ -67,6 +70,7 @@ class CalibratedGate(Gate):
         return self._features(evidence) @ np.array(self.state_["coef"]) + self.state_["intercept"]
 
     def score(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        """P(the source agrees with the mamabear) per evidence dict, strictly inside (0, 1)."""
         if self.state_ is None:
             raise NotFittedError("gate is not fitted: call Circuit.fit first")
         if not len(evidence):
@@ -80,6 +84,7 @@ class CalibratedGate(Gate):
 
     @property
     def report(self) -> dict[str, Any]:
+        """Calibration on the data it was fitted on: n, agree rate, ECE and reliability bins."""
         return (self.state_ or {}).get("report", {})
 
     def to_dict(self) -> dict[str, Any]:
