@@ -210,10 +210,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     unit = "price per token (cost_override)" if override else "seconds per token"
     tuned_cost = replace(run, costs={**run.costs, **override}).evaluate(thresholds)["cost_per_token"]
     result = circuit.report_.get("optimizer") or optimize(run, circuit.budget, method="per_edge").to_dict()
-    reach = run.reach(thresholds)
-    order = run.topology.order
-    exits = [max((k for k, n in enumerate(order) if reach[n][i])) for i in range(run.n)]
-    answered = {n: float(np.mean([e == k for e in exits])) for k, n in enumerate(order)}
+    answered = now["answered"]
     mama = run.topology.mamabear
     tag = plots.price_tag(now["cost_per_token"], run.costs.get(mama, 0.0), now["mamabear_calls_avoided"], float(run.tokens.mean()), args.price_per_hour, args.watts)
     print(f"{circuit.name}: budget entity-F1 >= {circuit.budget.min_entity_f1} at confidence {circuit.budget.confidence}")

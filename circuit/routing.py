@@ -119,14 +119,17 @@ class CachedRun:
         return self._counts[key]
 
     def evaluate(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> dict:
-        """Entity F1 vs the mamabear, per-label counts, calls avoided and expected cost of ``thresholds``."""
+        """Entity F1 vs the mamabear, per-label counts, calls avoided, the share of units each node answered (the
+        last node they visited) and the expected cost of ``thresholds``."""
         rows = np.arange(self.n) if rows is None else np.asarray(rows)
         reach = self.reach(thresholds, rows)
         order = self.topology.order
         tp = fp = fn = 0
         per_label: dict[str, list[int]] = {}
+        stopped = dict.fromkeys(order, 0)
         for j, i in enumerate(rows):
             visited = tuple(self.topology.visited(reach, j))
+            stopped[visited[-1]] += 1
             a, b, c, pl = self._unit_counts(int(i), visited)
             tp, fp, fn = tp + a, fp + b, fn + c
             for label, counts in pl.items():
@@ -141,6 +144,7 @@ class CachedRun:
             "per_label": per_label,
             "mamabear_calls_avoided": 1.0 - float(reach[self.topology.mamabear].mean()) if len(rows) else 0.0,
             "reach": {name: float(m.mean()) if len(rows) else 0.0 for name, m in reach.items()},
+            "answered": {name: k / len(rows) if len(rows) else 0.0 for name, k in stopped.items()},
             "cost_per_token": float(cost / max(tokens.sum(), 1)),
         }
 

@@ -55,6 +55,19 @@ def test_vectorised_scores_equal_the_simulator(switched_off):
         assert ours.per_label_f1["PER"] == pytest.approx(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
 
 
+def test_answered_shares_count_each_unit_at_the_last_node_it_visited():
+    run = synthetic_run(300, chain=("a", "b", "c"))
+    run = run.with_topology(replace(run.topology, disabled=frozenset({"b"})))
+    th = {("a", "b"): 0.5, ("b", "c"): 0.0, ("c", "mama"): 0.7}
+    out = run.evaluate(th)
+    score_a, score_c = run.scores[("a", "b")], run.scores[("c", "mama")]
+    assert out["answered"]["a"] == pytest.approx(np.mean(score_a >= 0.5))
+    assert out["answered"]["b"] == 0.0  # switched off: passes every unit on
+    assert out["answered"]["c"] == pytest.approx(np.mean((score_a < 0.5) & (score_c >= 0.7)))
+    assert out["answered"]["mama"] == pytest.approx(1 - out["mamabear_calls_avoided"])
+    assert sum(out["answered"].values()) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("bound", ["ltt", "bootstrap"])
 @pytest.mark.parametrize("target", [0.99, 0.95])
 def test_chosen_setting_meets_the_bound_on_its_own_data_and_saves(bound, target):
