@@ -34,8 +34,8 @@ def split_text(text: str, max_chars: int = MAX_CHARS, overlap: int = OVERLAP) ->
         chunks.append((start, end))
         if end >= n:
             break
-        nxt = end - overlap
-        space = min((i for i in (text.find(c, nxt, end) for c in _SPACES) if i != -1), default=-1)
+        nxt = end - overlap  # the next chunk starts at least ``overlap`` back, after whitespace where there is some
+        space = max(text.rfind(c, nxt - overlap // 2, nxt) for c in _SPACES)
         start = space + 1 if space != -1 else nxt
     out = []
     for i, (s, e) in enumerate(chunks):

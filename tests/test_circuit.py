@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from circuit import BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
 from circuit.metrics import entity_f1, seqeval_f1, span_counts
@@ -84,6 +86,18 @@ def test_split_cores_tile_the_text_and_overlap_protects_spans():
         assert s <= cs and ce + 100 <= e or ce == len(text)
     spans = [[Span(cs - s, cs - s + 3, "X")] for s, e, cs, ce in chunks]
     assert len(stitch_spans(chunks, spans)) == len(chunks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=60), st.sampled_from([" ", "\n"]))
+def test_long_words_never_shrink_the_overlap(word_lengths, space):
+    """Whatever the words (URLs, base64 ...), an entity shorter than overlap // 2 starting in a core is whole."""
+    text = space.join("x" * n for n in word_lengths)
+    chunks = split_text(text, 500, 80)
+    assert chunks[0][2] == 0 and chunks[-1][3] == len(text)
+    for (s, e, cs, ce), (s2, _, cs2, _) in zip(chunks, chunks[1:]):
+        assert ce == cs2 and s < s2 and e - s2 >= 80 and e - s <= 500
+        assert ce + 40 <= e
 
 
 @pytest.mark.parametrize("space", [" ", "\n", "\t"])
