@@ -362,7 +362,9 @@ class TransformerTagger(Node):
         from tqdm.auto import tqdm
 
         if len(texts) != len(reference):
-            raise ValueError(f"{len(texts)} texts but {len(reference)} reference predictions")
+            raise BabybearError(
+                f"TransformerTagger.fit got {len(texts)} texts but {len(reference)} reference predictions"
+            )
         p = self.params
         started = time.perf_counter()
         torch.manual_seed(p.seed)

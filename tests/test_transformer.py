@@ -174,6 +174,11 @@ def test_params_are_checked():
         TransformerTagger(layer=2)
 
 
+def test_texts_and_references_of_different_lengths_are_a_babybear_error():
+    with pytest.raises(BabybearError, match="TransformerTagger.fit got 2 texts but 1 reference predictions"):
+        TransformerTagger(layers=1, device="cpu").fit(["Hello London.", "Hi Paris."], [Prediction(spans=())])
+
+
 def test_a_depth_the_encoder_lacks_fails_at_warm_up():
     with pytest.raises(BabybearError, match="layers=9 but the encoder 'minilm-l6' has only 6"):
         TransformerTagger(layers=9).warm_up()
