@@ -42,7 +42,7 @@ _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILE = "tokenizer.json"
 
 
-def word_shape(piece: str) -> int:
+def word_shape_id(piece: str) -> int:
     """The index in :data:`SHAPES` of a token's original text: the casing an uncased encoder cannot see."""
     if not piece:
         return _SHAPE_ID["special"]
@@ -600,7 +600,7 @@ class TransformerTagger(Node):
         out = []
         for text, enc in zip(texts, encodings):
             offsets = [_tidy_offsets(text, s, e) for s, e in enc.offsets]
-            shapes = np.array([word_shape(text[s:e]) for s, e in offsets], dtype=np.int64)
+            shapes = np.array([word_shape_id(text[s:e]) for s, e in offsets], dtype=np.int64)
             out.append(_Encoded(np.array(enc.ids, dtype=np.int64), offsets, list(enc.word_ids), shapes))
         return out
 

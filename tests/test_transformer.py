@@ -22,7 +22,7 @@ from circuit.errors import ArtifactError, BabybearError, NotFittedError  # noqa:
 from circuit.metrics import entity_f1  # noqa: E402
 from circuit.types import Prediction, Span  # noqa: E402
 from nodes import _align  # noqa: E402
-from nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape  # noqa: E402
+from nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape_id  # noqa: E402
 from tests.conftest import ODD_TEXTS, Labelled  # noqa: E402
 
 SHORT_ODD = [t for t in ODD_TEXTS if len(t) < 1000]
@@ -202,7 +202,7 @@ def test_registered_under_its_versioned_name():
 
 
 def test_word_shapes():
-    shapes = [SHAPES[word_shape(w)] for w in ["London", "BBC", "A", "the", "2005", "£", "iPhone", "日本", ""]]
+    shapes = [SHAPES[word_shape_id(w)] for w in ["London", "BBC", "A", "the", "2005", "£", "iPhone", "日本", ""]]
     assert shapes == ["Xx", "XX", "X", "xx", "d", "punct", "mixed", "other", "special"]
 
 
