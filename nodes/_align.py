@@ -158,6 +158,13 @@ def decode(
     return Prediction(spans=tuple(spans), evidence=evidence, token_probs=token_probs)
 
 
+def untruncated(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` itself, set to neither truncate nor pad: its callers window and pad the tokens themselves."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     """The special token ids the tokenizer puts before and after a single sequence (``[CLS]``, ``[SEP]``)."""
     enc = tokenizer.encode("a")

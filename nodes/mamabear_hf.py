@@ -17,7 +17,7 @@ from circuit.errors import BabybearError
 from circuit.node import Node, Params
 from circuit.types import Prediction
 
-from ._align import classify
+from ._align import classify, untruncated
 from ._models import resolve
 
 
@@ -56,9 +56,7 @@ class TokenClassifierNode(Node):
         self._input_names: set[str] = set()  # the inputs the model takes
 
     def _set_tokenizer(self, tokenizer: Any, id2label: dict[Any, str]) -> None:
-        tokenizer.no_truncation()  # classify() does the windowing
-        tokenizer.no_padding()
-        self._tokenizer = tokenizer
+        self._tokenizer = untruncated(tokenizer)  # classify() does the windowing
         self._id2label = {int(k): v for k, v in id2label.items()}
 
     @abstractmethod

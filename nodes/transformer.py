@@ -635,12 +635,7 @@ class TransformerTagger(Node):
         with _quiet_transformers():
             tok = AutoTokenizer.from_pretrained(_encoder_path(self.params.encoder), use_fast=True)
         self._special = {"cls": tok.cls_token_id, "sep": tok.sep_token_id, "pad": tok.pad_token_id}
-        self._set_tokenizer(tok.backend_tokenizer)
-
-    def _set_tokenizer(self, tokenizer: Any) -> None:
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        self._tokenizer = tokenizer
+        self._tokenizer = _align.untruncated(tok.backend_tokenizer)
 
     # -- model -----------------------------------------------------------------------------------------------
     def _build_model(self, pretrained: bool, config_dir: Path | None = None) -> Any:
@@ -815,7 +810,7 @@ class TransformerTagger(Node):
             self._special = {k: int(v) for k, v in config["special_token_ids"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as err:  # pydantic's ValidationError is a ValueError
             raise ArtifactError(f"{path / _CONFIG_FILE}: cannot read it: {type(err).__name__}: {err}") from err
-        self._set_tokenizer(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
+        self._tokenizer = _align.untruncated(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
         self.model_ = self._build_model(pretrained=False, config_dir=path)
         load_model(self.model_, str(path / _WEIGHTS_FILE))
         self.model_.eval()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes._align import bio_transitions, classify, decode, stitch, token_windows, viterbi
+from nodes._align import bio_transitions, classify, decode, stitch, token_windows, untruncated, viterbi
 
 ID2LABEL = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 
@@ -159,3 +159,12 @@ def test_classify_windowed_equals_unwindowed(tokenizer, texts: list[str], max_le
     windowed = run(max_length=max_length, overlap=max_length // 3, batch_size=batch_size)
     assert [p.spans for p in windowed] == [p.spans for p in whole]
     assert [p.token_probs for p in windowed] == [p.token_probs for p in whole]
+
+
+def test_untruncated_turns_off_the_tokenizers_own_truncation_and_padding(tokenizer) -> None:
+    text = "Anna went to Oslo " * 20
+    n_tokens = len(untruncated(tokenizer).encode(text).ids)
+    tokenizer.enable_truncation(max_length=8)
+    tokenizer.enable_padding(length=512)
+    assert untruncated(tokenizer) is tokenizer  # the nodes share one tokenizer object with what they load
+    assert len(tokenizer.encode(text).ids) == n_tokens > 8 and tokenizer.truncation is None and tokenizer.padding is None
