@@ -57,7 +57,7 @@ class Audit:
         """The circuit's answers to ``texts``; a random ``fraction`` of them is queued for the audit."""
         answers = self.circuit(texts, ids)
         for a in answers:
-            if a.node is None:
+            if a.node is None or a.error is not None:  # blank, or the mamabear failed: nothing to check against
                 continue
             by_mamabear = a.node == self.mamabear
             self.answered["mamabear" if by_mamabear else "babybear"] += 1

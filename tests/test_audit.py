@@ -77,6 +77,18 @@ def test_a_node_failing_during_flush_leaves_that_text_out_and_the_audit_whole(fi
     assert len(audit.cached_run().tokens) == len(audit.texts)
 
 
+def test_texts_the_mamabear_failed_on_are_not_audited(toy_circuit):
+    from tests.conftest import FragileMamabear, Memorizer
+
+    circuit = Circuit("toy").add("memo", Memorizer()).add("mama", FragileMamabear()).connect("memo", "mama")
+    circuit.fit(synthetic_texts(300), progress=False)
+    audit = Audit(circuit, fraction=1.0)
+    answers = audit([f"BREAK-MAMA Zed{i} met Quill{i}" for i in range(5)] + synthetic_texts(20, seed=3))
+    failed = [a for a in answers if a.error]
+    assert failed and all(a.text not in {t for t, _, _ in audit.queue} for a in failed)
+    assert sum(audit.answered.values()) == len(answers) - len(failed)
+
+
 def test_bad_fraction_and_empty_audit_are_explained(fitted):
     with pytest.raises(BabybearError, match="fraction must be in"):
         Audit(fitted, fraction=0)
