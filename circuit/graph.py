@@ -276,6 +276,8 @@ class Circuit:
         documents, not like the training ones; ``block=1`` splits text by text.
         """
         self.validate()
+        if len(fractions) != 3 or min(fractions) < 0 or fractions[1] <= 0 or fractions[2] <= 0 or sum(fractions) > 1 + 1e-9:
+            raise BabybearError(f"fractions (train, calibration, tuning) must be >= 0 with calibration and tuning > 0 and a sum <= 1, got {fractions}")
         units = list(dict.fromkeys(u for t in texts for u in pieces(t)))
         if len(units) < 20:
             raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
@@ -303,14 +305,28 @@ class Circuit:
         for name in topo.order:
             if name != topo.mamabear:
                 self.node(name).fit(train, ref[:a])
-        held = calib + tune
-        held_tokens = tokens[a:]
-        preds = {topo.mamabear: ref[a:]}
-        for name in topo.order:
-            if name != topo.mamabear:
+        held, held_ref, held_tokens = calib + tune, ref[a:], tokens[a:]
+        preds: dict[str, list[Prediction]] = {}
+        failed: set[int] = set()
+        with Scheduler(self, batch_size, progress=progress) as scheduler:
+            for name in topo.order:
+                if name == topo.mamabear:
+                    continue
+                node = self.node(name)
+                node.warm_up()  # untimed: loading, ONNX export, the first batch's kernel set-up
+                scheduler.predict(name, held[:8])
                 start = time.perf_counter()
-                preds[name] = self._predict(name, held, batch_size, progress)
-                self.node(name).cost_ = (time.perf_counter() - start) / max(int(held_tokens.sum()), 1)
+                run = scheduler.predict(name, held)
+                node.cost_ = (time.perf_counter() - start) / max(int(held_tokens.sum()), 1)
+                preds[name], failed = run.preds, failed | set(run.errors)
+        if failed:  # at run time such units go on to the next node; the cache keeps only answers gates can learn from
+            log.warning("warm-up: babybears failed on %d of %d held-out texts; they are left out of calibration and tuning", len(failed), len(held))
+            keep = [i for i in range(len(held)) if i not in failed]
+            held, held_ref, held_tokens = [held[i] for i in keep], [held_ref[i] for i in keep], held_tokens[keep]
+            preds = {n: [p[i] for i in keep] for n, p in preds.items()}
+            n_cal = sum(i < len(calib) for i in keep)
+            calib, tune = held[:n_cal], held[n_cal:]
+        preds[topo.mamabear] = held_ref
         costs = {name: float(self.node(name).cost_ or 0.0) for name in topo.order}
         self.cache_ = CachedRun(topo, preds, {}, costs, held_tokens)
         self.n_calibration_ = len(calib)
@@ -319,10 +335,11 @@ class Circuit:
         self.report_ = {
             "warm_up": {
                 "texts": len(texts), "units": len(units), "mamabear_failures": len(labelled.errors),
+                "babybear_failures": len(failed),
                 "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed,
             },
             "babybear_f1_alone": {
-                n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in ref[b:]]) for n in topo.order if n != topo.mamabear
+                n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in held_ref[len(calib):]]) for n in topo.order if n != topo.mamabear
             },
         }
         return self.tune()

@@ -141,7 +141,7 @@ class Scheduler:
         ids = [str(i) for i in range(len(texts))] if ids is None else ids
         node = self.circuit.node(name)
         start = time.perf_counter()
-        run = NodeRun([Prediction()] * len(texts))
+        run = NodeRun([Prediction() for _ in texts])
         batches = micro_batches([n_tokens(t) for t in texts], self.batch_size, self.token_budget)
         show = self.progress and len(batches) > 1
         for batch in track(batches, len(texts), f"{name:>12}", show, size=len):

@@ -51,6 +51,27 @@ def test_warm_up_leaves_out_the_texts_the_mamabear_fails_on():
     assert not broken & set(circuit.heldout_texts_)
 
 
+def test_warm_up_leaves_texts_a_babybear_fails_on_out_of_calibration_and_tuning():
+    from tests.conftest import FragileMemorizer
+
+    texts = synthetic_texts(300)
+    broken = [f"BREAK-BABY Zed{i} met Quill{i}" for i in range(40)]
+    circuit = Circuit("toy").add("memo", FragileMemorizer()).add("mama", CapsMamabear()).connect("memo", "mama")
+    circuit.fit([*texts, *broken], progress=False, block=1)
+    warm_up = circuit.report_["warm_up"]
+    failed = warm_up["babybear_failures"]
+    assert failed > 0 and not set(broken) & set(circuit.heldout_texts_)
+    assert warm_up["calibration"] + warm_up["tuning"] == len(circuit.heldout_texts_) == circuit.cache_.n
+    assert warm_up["train"] + warm_up["calibration"] + warm_up["tuning"] + failed == warm_up["units"]
+    assert len({id(p) for p in circuit.cache_.preds["memo"]}) == circuit.cache_.n  # no shared objects
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5, 0.0), (0.6, 0.3, 0.3), (0.6, -0.1, 0.5), (0.5, 0.5)])
+def test_warm_up_fractions_must_leave_calibration_and_tuning_rows(toy_circuit, fractions):
+    with pytest.raises(BabybearError, match="fractions"):
+        toy_circuit.fit(synthetic_texts(100), fractions=fractions, progress=False)
+
+
 def test_unfitted_circuit_refuses_to_route(toy_circuit):
     with pytest.raises(NotFittedError):
         toy_circuit(["Hello Bob"])
