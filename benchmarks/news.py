@@ -24,6 +24,11 @@ from circuit.cli import parse_costs
 from circuit.corpus import bbc_sentences
 
 
+def _without_bins(report: dict) -> dict:
+    """A gate report without its reliability bins (they are in the plots), at every level."""
+    return {k: _without_bins(v) if isinstance(v, dict) else v for k, v in report.items() if k != "bins"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--circuit", default="circuits/news.yaml")
@@ -74,7 +79,7 @@ def main() -> None:
         "warm_up": circuit.report_.get("warm_up"),
         "fit_seconds": fit_seconds,
         "babybear_f1_alone_on_tuning": circuit.report_.get("babybear_f1_alone"),
-        "gates": {k: {m: v for m, v in g.items() if m != "bins"} for k, g in circuit.report_.get("gates", {}).items()},
+        "gates": {k: _without_bins(g) for k, g in circuit.report_.get("gates", {}).items()},
         "test_sentences": len(test),
         "budgets": {},
     }

@@ -405,7 +405,7 @@ class Circuit:
             budget=self.budget.model_dump(),
             costs_seconds_per_token=measured,
             cost_override={n: float(c) for n, c in (costs or {}).items()},
-            gates={f"{s}->{t}": self.graph.edges[s, t]["gate"].report for s, t in self.graph.edges},
+            gates={f"{s}->{t}": {**self.graph.edges[s, t]["gate"].report, "tuning": run.calibration((s, t))} for s, t in self.graph.edges},
             thresholds={f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
             tuning={k: v for k, v in outcome.items() if k != "per_label"},
             optimizer=result.to_dict(),

@@ -7,6 +7,7 @@ seqeval (conlleval-compatible) over character-level BIO tags, and the tests hold
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,3 +84,11 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -
     bins = calibration_bins(p, y, n_bins)
     n = sum(b["n"] for b in bins)
     return float(sum(b["n"] * abs(b["confidence"] - b["observed"]) for b in bins) / n) if n else 0.0
+
+
+def calibration_report(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """How well confidences ``p`` match outcomes ``y``: n, observed rate, ECE and reliability bins."""
+    y = np.asarray(y, float)
+    if not len(y):
+        return {"n": 0, "agree_rate": None, "ece": None, "bins": []}
+    return {"n": int(len(y)), "agree_rate": float(y.mean()), "ece": expected_calibration_error(p, y), "bins": calibration_bins(p, y)}

@@ -97,5 +97,10 @@ class Gate(ABC):
     def load_dict(self, state: dict[str, Any]) -> Gate:
         """Restore state from :meth:`to_dict`; returns self."""
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """What the gate says of its own fit (shown in reports); override to fill it."""
+        return {}
+
     def get_params(self) -> dict[str, Any]:
         return self.params.model_dump()

@@ -69,7 +69,8 @@ def answered(per_node: Mapping[str, float], path: Path) -> Path:
 
 
 def calibration(gates: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """Reliability curve of every gate from its report's bins (confidence vs observed agreement)."""
+    """Reliability curve of every gate from calibration bins (confidence vs observed agreement), e.g. on the
+    tuning rows, which the gates did not learn from."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], ":", color="0.5")
     for name, report in gates.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import f1, per_label_counts, span_counts
+from .metrics import calibration_report, f1, per_label_counts, span_counts
 from .types import Prediction, Span
 
 Edge = tuple[str, str]
@@ -162,6 +162,12 @@ class CachedRun:
             self.costs,
             self.tokens[rows],
         )
+
+    def calibration(self, edge: Edge) -> dict:
+        """How well the edge gate's scores predict that its source's answer equals the mamabear's, on these rows."""
+        exits = self.exit_answers(edge[0])
+        agrees = [exits[i] == self.reference[i].spans for i in range(self.n)]
+        return calibration_report(self.scores[edge], np.array(agrees))
 
     def exit_answers(self, node: str) -> list[tuple[Span, ...]]:
         """Each unit's answer if it stopped at ``node`` having visited every ancestor (gate training targets)."""

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from circuit.errors import NotFittedError
-from circuit.metrics import calibration_bins, expected_calibration_error
+from circuit.metrics import calibration_report
 from circuit.node import Gate, Params
 
 EPS = 1e-6
@@ -37,7 +37,8 @@ class CalibratedGate(Gate):
         return (x - np.array(self.state_["mean"])) / np.array(self.state_["scale"])
 
     def fit(self, evidence: Sequence[dict[str, float]], agrees: Sequence[bool]) -> CalibratedGate:
-        """Fit on held-out evidence and whether the source agreed with the mamabear; the report gets the ECE."""
+        """Fit on held-out evidence and whether the source agreed with the mamabear; the report gets the ECE on
+        these same rows (the circuit also measures it on its tuning rows: ``CachedRun.calibration``)."""
         from sklearn.isotonic import IsotonicRegression
         from sklearn.linear_model import LogisticRegression
 
@@ -56,13 +57,7 @@ class CalibratedGate(Gate):
         if self.params.method == "isotonic" and len(set(y.tolist())) == 2:
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(self._linear(evidence), y)
             state.update(iso_x=iso.X_thresholds_.tolist(), iso_y=iso.y_thresholds_.tolist())
-        p = self.score(evidence)
-        state["report"] = {
-            "n": int(len(y)),
-            "agree_rate": float(y.mean()) if len(y) else None,
-            "ece": expected_calibration_error(p, y) if len(y) else None,
-            "bins": calibration_bins(p, y) if len(y) else [],
-        }
+        state["report"] = calibration_report(self.score(evidence), y)
         return self
 
     def _linear(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
@@ -84,7 +79,7 @@ class CalibratedGate(Gate):
 
     @property
     def report(self) -> dict[str, Any]:
-        """Calibration on the data it was fitted on: n, agree rate, ECE and reliability bins."""
+        """Calibration on the rows it was fitted on: n, agree rate, ECE and reliability bins."""
         return (self.state_ or {}).get("report", {})
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def test_news_circuit_fits_routes_and_keeps_its_budget_on_tuning(news):
     assert report["babybear_f1_alone"]["crf"] > 0.6  # a CRF really learned from en_core_web_md's output
     assert report["tuning"]["f1"] >= circuit.budget.min_entity_f1
     for gate in report["gates"].values():
-        assert gate["ece"] < 0.2
+        assert gate["ece"] < 0.2 and gate["tuning"]["ece"] < 0.2  # on the rows it learned from, and on unseen ones
+        assert gate["tuning"]["n"] == report["warm_up"]["tuning"]
 
 
 def test_news_circuit_answers_unseen_text_in_order_against_the_real_mamabear(news, bbc):
