@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -452,18 +453,27 @@ class Circuit:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the fitted circuit to a folder: circuit.yaml, nodes/<name>/, gates/<source>--<target>.json, report.json."""
+        """Write the fitted circuit to a folder: circuit.yaml, nodes/<name>/, gates/<source>--<target>.json, report.json
+        (and heldout.json after a fit). nodes/ and gates/ are written beside the old ones first, then replace them
+        whole, so no file of an earlier save survives; other files in the folder (report plots, say) stay."""
         path = Path(path)
-        (path / "nodes").mkdir(parents=True, exist_ok=True)
-        (path / "gates").mkdir(exist_ok=True)
-        self.to_yaml(path / "circuit.yaml")
+        fresh = path / ".saving"
+        shutil.rmtree(fresh, ignore_errors=True)
+        (fresh / "gates").mkdir(parents=True)
         for name in self.graph:
-            (path / "nodes" / name).mkdir(exist_ok=True)
-            self.node(name).to_disk(path / "nodes" / name)
+            (fresh / "nodes" / name).mkdir(parents=True)
+            self.node(name).to_disk(fresh / "nodes" / name)
         for s, t, data in self.graph.edges(data=True):
-            (path / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
+            (fresh / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
+        for part in ("nodes", "gates"):
+            shutil.rmtree(path / part, ignore_errors=True)
+            (fresh / part).rename(path / part)
+        fresh.rmdir()
+        self.to_yaml(path / "circuit.yaml")
         if self.cache_ is not None:
             _save_cache(path / "heldout.json", self.heldout_texts_, self.cache_, self.n_calibration_)
+        else:
+            (path / "heldout.json").unlink(missing_ok=True)
         costs = {n: self.node(n).cost_ for n in self.graph}
         (path / "report.json").write_text(json.dumps({**self.report_, "costs_seconds_per_token": costs}, indent=2), encoding="utf-8")
         return path
@@ -512,12 +522,12 @@ def _load_cache(file: Path, circuit: Circuit) -> tuple[list[str], CachedRun, int
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         preds = {n: [Prediction([Span(*s) for s in p["spans"]], p["evidence"]) for p in ps] for n, ps in data["preds"].items()}
-        texts = data["texts"]
+        texts, costs, n_calibration = data["texts"], {n: float(c) for n, c in data["costs"].items()}, int(data["n_calibration"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ArtifactError(f"{file}: cannot read the held-out cache: {err}") from err
     topo = circuit.topology
     if set(preds) != set(topo.order):
         raise ArtifactError(f"{file}: cached nodes {sorted(preds)} do not match the circuit's {sorted(topo.order)}")
     scores = {(s, t): circuit.graph.edges[s, t]["gate"].score(circuit.gate_evidence(s, t, preds)) for s, t in topo.edges}
-    run = CachedRun(topo, preds, scores, data["costs"], np.array([n_tokens(t) for t in texts]))
-    return texts, run, int(data["n_calibration"])
+    run = CachedRun(topo, preds, scores, costs, np.array([n_tokens(t) for t in texts]))
+    return texts, run, n_calibration

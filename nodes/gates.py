@@ -88,5 +88,12 @@ class CalibratedGate(Gate):
         return self.state_
 
     def load_dict(self, state: dict[str, Any]) -> CalibratedGate:
+        """Restore :meth:`to_dict`'s state; ValueError names what is missing or inconsistent."""
+        required = ("features", "mean", "scale", "coef", "intercept")
+        if not isinstance(state, dict) or any(k not in state for k in required):
+            missing = [k for k in required if not isinstance(state, dict) or k not in state]
+            raise ValueError(f"gate state lacks {', '.join(missing)}")
+        if not len(state["features"]) == len(state["mean"]) == len(state["scale"]) == len(state["coef"]):
+            raise ValueError("gate state: features, mean, scale and coef differ in length")
         self.state_ = dict(state)
         return self

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuit import BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
+from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
 from circuit.metrics import entity_f1, seqeval_f1, span_counts
 from circuit.routing import CachedRun, merge
 from circuit.text import split_text, stitch_spans
@@ -179,10 +179,37 @@ def test_save_and_load_in_a_fresh_process_give_the_same_answers(fitted, tmp_path
     assert int(out) == sum(a.node == "memo" for a in fitted(texts))
 
 
+def test_saving_over_a_folder_leaves_no_file_of_the_earlier_save(fitted, tmp_path):
+    folder = fitted.save(tmp_path / "f")
+    (folder / "nodes" / "memo" / "stale.bin").write_text("old")
+    (folder / "gates" / "gone--mama.json").write_text("{}")
+    (folder / "report").mkdir()
+    (folder / "report" / "frontier.png").write_text("a plot")
+    Circuit.load(folder).save(folder)  # in place, as `babybear tune` does
+    assert not (folder / "nodes" / "memo" / "stale.bin").exists() and not (folder / "gates" / "gone--mama.json").exists()
+    assert (folder / "report" / "frontier.png").exists() and not (folder / ".saving").exists()
+    assert Circuit.load(folder)(["yesterday Bob met Carol"]) == fitted(["yesterday Bob met Carol"])
+
+
 def test_missing_gate_file_names_the_file(fitted, tmp_path):
     fitted.save(tmp_path / "f")
     (tmp_path / "f" / "gates" / "memo--mama.json").unlink()
-    with pytest.raises(Exception, match="memo--mama.json"):
+    with pytest.raises(ArtifactError, match="memo--mama.json"):
+        Circuit.load(tmp_path / "f")
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("gates/memo--mama.json", "{}", "gates/memo--mama.json: cannot read gate memo -> mama: gate state lacks features"),
+        ("gates/memo--mama.json", '{"features": ["a"], "mean": [], "scale": [], "coef": [], "intercept": 0}', "differ in length"),
+        ("heldout.json", '{"n_calibration": 3, "texts": [], "preds": {}}', "heldout.json: cannot read the held-out cache: 'costs'"),
+    ],
+)
+def test_damaged_folder_files_are_artifact_errors_naming_the_file(fitted, tmp_path, file, content, message):
+    fitted.save(tmp_path / "f")
+    (tmp_path / "f" / file).write_text(content)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
         Circuit.load(tmp_path / "f")
 
 
