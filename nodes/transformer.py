@@ -32,6 +32,7 @@ from circuit.metrics import expected_calibration_error
 from circuit.node import Node, Params
 from circuit.types import Prediction, Span
 from nodes import _align
+from nodes._models import torch_dtype
 
 #: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
 SHAPES: tuple[str, ...] = ("special", "Xx", "XX", "X", "xx", "d", "punct", "mixed", "other")
@@ -677,11 +678,8 @@ class TransformerTagger(Node):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _amp_dtype(self) -> Any:
-        import torch
-
-        if self.params.dtype == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-        return getattr(torch, self.params.dtype)
+        """The autocast dtype on CUDA (:func:`nodes._models.torch_dtype`)."""
+        return torch_dtype(self.params.dtype, "cuda", "TransformerTagger")
 
     def _autocast(self) -> Any:
         """fp16/bf16 autocast on CUDA; nothing on CPU or with dtype float32."""

@@ -112,3 +112,34 @@ def test_device_and_dtype_follow_the_params(node: HFTokenClassifier) -> None:
     assert HFTokenClassifier(model="x", device="cuda").device == "gpu"
     with pytest.raises(ValueError, match="stride"):
         HFTokenClassifier(model="x", max_length=32, stride=20)
+
+
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    """Pretend a CUDA device is present; bfloat16 is native on it or (otherwise) only emulated."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bfloat16"), (False, "float16")])
+def test_auto_dtype_on_cuda_is_bf16_where_the_gpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, native_bf16: bool, expected: str
+) -> None:
+    placed: dict = {}
+    load = transformers.AutoModelForTokenClassification.from_pretrained
+
+    def load_and_record(*args, **kwargs):
+        model = load(*args, **kwargs)
+        monkeypatch.setattr(model, "to", lambda **to: placed.update(to) or model)  # no GPU here to move it to
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForTokenClassification, "from_pretrained", load_and_record)
+    fake_gpu(monkeypatch, native_bf16)
+    node = HFTokenClassifier(model=str(folder))
+    node.warm_up()
+    assert placed == {"device": "cuda", "dtype": getattr(torch, expected)} and node.device == "gpu"
+
+
+def test_bf16_asked_for_on_a_gpu_without_it_is_a_babybear_error(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    fake_gpu(monkeypatch, native_bf16=False)
+    with pytest.raises(BabybearError, match="HFTokenClassifier: dtype='bfloat16' but this GPU does not support"):
+        HFTokenClassifier(model=str(folder), dtype="bfloat16").warm_up()

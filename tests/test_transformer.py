@@ -179,6 +179,19 @@ def test_texts_and_references_of_different_lengths_are_a_babybear_error():
         TransformerTagger(layers=1, device="cpu").fit(["Hello London.", "Hi Paris."], [Prediction(spans=())])
 
 
+@pytest.mark.parametrize(("native_bf16", "dtype", "expected"), [(True, "auto", "bfloat16"), (False, "auto", "float16"),
+                                                                (False, "float16", "float16")])
+def test_autocast_dtype_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch, native_bf16, dtype, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    assert TransformerTagger(dtype=dtype)._amp_dtype() == getattr(torch, expected)
+    if not native_bf16:
+        with pytest.raises(BabybearError, match="TransformerTagger: dtype='bfloat16' but this GPU does not support"):
+            TransformerTagger(dtype="bfloat16")._amp_dtype()
+
+
 def test_a_depth_the_encoder_lacks_fails_at_warm_up():
     with pytest.raises(BabybearError, match="layers=9 but the encoder 'minilm-l6' has only 6"):
         TransformerTagger(layers=9).warm_up()
