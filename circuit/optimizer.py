@@ -209,11 +209,11 @@ def _meets(outcome: Outcome, budget: Budget) -> bool:
     return outcome.f1 >= budget.min_entity_f1 and all(outcome.per_label_f1[k] >= v for k, v in budget.per_label.items())
 
 
-def candidates(run: CachedRun, n: int = N_CANDIDATES) -> dict[Edge, list[float]]:
-    """Per edge: 0 (nobody goes on), score quantiles, and 1 (everyone goes on)."""
+def candidates(run: CachedRun, n: int = N_CANDIDATES, rows: np.ndarray | None = None) -> dict[Edge, list[float]]:
+    """Per edge: 0 (nobody goes on), score quantiles (of ``rows`` only, when given), and 1 (everyone goes on)."""
     out = {}
     for e in run.topology.edges:
-        s = np.asarray(run.scores[e])
+        s = np.asarray(run.scores[e]) if rows is None else np.asarray(run.scores[e])[rows]
         qs = np.quantile(s, np.linspace(0, 1, n + 1)[1:]) if len(s) else []
         # a threshold just above a quantile sends on everyone scored at or below it
         out[e] = sorted({0.0, 1.0} | {float(np.nextafter(q, 1.0)) for q in qs if q < 1.0})
@@ -387,6 +387,7 @@ def _optimize_one(
     elif bound == "ltt":
         perm = rng.permutation(run.n)
         learn, test = np.sort(perm[: run.n // 2]), np.sort(perm[run.n // 2 :])
+        grid = candidates(run, n_candidates, learn)  # nothing about the test half may shape the sequence tested on it
         _, learned = _search(scorer, grid, lambda o: _meets(o, budget), learn, how)
         # the test sequence: settings that meet the budget on the learn half, safest first; a choice that then
         # passes on the test half meets it on both halves, so also on all the tuning rows
