@@ -24,10 +24,22 @@ STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a 
 
 
 def _read_lines(path: str) -> list[str]:
+    """The file's lines, split as ``run`` splits its input (at newlines only, not at form feeds and the like)."""
     file = Path(path)
     if not file.is_file():
         raise BabybearError(f"corpus file not found: {path}")
-    return file.read_text(encoding="utf-8", errors="replace").splitlines()
+    with file.open(encoding="utf-8", errors="replace") as lines:
+        return [line.rstrip("\n") for line in lines]
+
+
+def _read_texts(path: str) -> list[str]:
+    """The texts of a corpus file, read row by row as ``run`` reads them (plain lines or JSONL ``{"id", "text"}``)."""
+    texts = []
+    for row in _records(iter(_read_lines(path))):
+        if "error" in row:
+            raise BabybearError(f"{path}, {row['error']}")
+        texts.append(row["text"])
+    return texts
 
 
 def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -46,7 +58,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.budget is not None:
         circuit.budget = circuit.budget.model_copy(update={"min_entity_f1": args.budget})
         circuit.validate()
-    texts = _read_lines(args.corpus)
+    texts = _read_texts(args.corpus)
     if args.limit:
         texts = texts[: args.limit]
     circuit.fit(texts, seed=args.seed, progress=not args.quiet)
@@ -100,7 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if bool(args.corpus) == bool(args.gold):
         raise BabybearError("eval needs either --corpus (plain texts) or --gold (texts with gold entities)")
     circuit = Circuit.load(args.dir)
-    texts, gold = _read_gold(args.gold) if args.gold else (_read_lines(args.corpus), None)
+    texts, gold = _read_gold(args.gold) if args.gold else (_read_texts(args.corpus), None)
     if args.limit:
         texts, gold = texts[: args.limit], gold[: args.limit] if gold else None
     report = circuit.evaluate(texts, gold, progress=not args.json)
@@ -246,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="warm up a circuit on unlabeled text and save it")
     p.add_argument("circuit", help="circuit YAML file")
-    p.add_argument("--corpus", required=True, help="UTF-8 text, one text per line")
+    p.add_argument("--corpus", required=True, help="UTF-8 text, one text per line, or JSONL {\"id\", \"text\"} rows (as run reads them)")
     p.add_argument("--out", required=True, help="folder for the fitted circuit")
     p.add_argument("--budget", type=float, help="override budget.min_entity_f1")
     p.add_argument("--limit", type=int, help="use only the first N lines")
@@ -264,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")
     p.add_argument("dir")
-    p.add_argument("--corpus", help="UTF-8 text, one text per line")
+    p.add_argument("--corpus", help="UTF-8 text, one text per line, or JSONL {\"id\", \"text\"} rows (as run reads them)")
     p.add_argument("--gold", help="JSONL {text, entities}: also score both against gold")
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -269,6 +269,25 @@ def test_cli_fit_run_eval(tmp_path, capsys):
     assert {"mamabear_calls_avoided", "entity_f1_vs_mamabear", "wall_time_ratio", "texts_per_node", "node_cost_seconds_per_text"} <= set(report)
 
 
+def test_cli_eval_reads_rows_as_run_does(tmp_path, capsys):
+    import json
+
+    from circuit.cli import main
+    from tests.conftest import FIXTURES
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_texts(300)), encoding="utf-8")
+    assert main(["fit", str(FIXTURES / "valid.yaml"), "--corpus", str(corpus), "--out", str(tmp_path / "fitted"), "--quiet"]) == 0
+    rows = tmp_path / "rows.txt"  # a form feed and a line separator inside lines, a JSONL row, a blank line
+    rows.write_text('Alice\x0cmet Bob\nCarol\u2028Dan\n{"id": "x", "text": "yesterday Bob met Carol"}\n\n', encoding="utf-8")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "fitted"), "--corpus", str(rows), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["texts"] == 3  # the blank line has nothing to score
+    rows.write_text('Alice met Bob\n{"text": 5}\n', encoding="utf-8")
+    assert main(["eval", str(tmp_path / "fitted"), "--corpus", str(rows)]) == 2
+    assert "rows.txt, line 2: field 'text' is missing or not a string" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from circuit.cli import main
     from tests.conftest import FIXTURES
