@@ -47,7 +47,7 @@ from scipy import stats
 from .errors import BabybearError
 from .metrics import f1
 from .routing import CachedRun, Edge, Topology, merge
-from .schema import Budget
+from .schema import Budget, budget_problems
 from .tuning import per_edge_thresholds
 
 Method = Literal["joint", "per_edge", "nearest"]
@@ -110,14 +110,8 @@ class TuneResult:
 
 def check_budget(budget: Budget, labels: set[str]) -> None:
     """Raise a BabybearError naming every problem with ``budget`` for data whose mamabear labels are ``labels``."""
-    problems = []
-    if not 0 < budget.min_entity_f1 <= 1:
-        problems.append(f"min_entity_f1 must be in (0, 1], got {budget.min_entity_f1}")
-    if not 0 < budget.confidence < 1:
-        problems.append(f"confidence must be in (0, 1) (no finite sample gives certainty), got {budget.confidence}")
-    for label, value in budget.per_label.items():
-        if not 0 < value <= 1:
-            problems.append(f"per_label.{label} must be in (0, 1], got {value}")
+    problems = [f"{p.location.removeprefix('budget.')} {p.message}" for p in budget_problems(budget)]
+    for label in budget.per_label:
         if label not in labels:
             problems.append(f"per_label.{label}: the mamabear never used this label here; labels: {', '.join(sorted(labels)) or 'none'}")
     if problems:

@@ -98,7 +98,8 @@ def pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, li
     return problems
 
 
-def _check_budget(b: Budget) -> list[Problem]:
+def budget_problems(b: Budget) -> list[Problem]:
+    """What is wrong with a budget's numbers, each located under ``budget.``."""
     problems = []
     if not 0 < b.min_entity_f1 <= 1:
         problems.append(Problem("budget.min_entity_f1", f"must be in (0, 1], got {b.min_entity_f1}"))
@@ -112,7 +113,7 @@ def _check_budget(b: Budget) -> list[Problem]:
 
 def validate(spec: CircuitSpec) -> list[Problem]:
     """Every problem with the meaning of a well-shaped spec: types, params, graph shape, budget."""
-    problems = _check_budget(spec.budget)
+    problems = budget_problems(spec.budget)
     if spec.version != 1:
         problems.append(Problem("version", f"unsupported version {spec.version}; supported: 1"))
     known_nodes, known_gates = registry.nodes.names(), registry.gates.names()
