@@ -28,8 +28,8 @@ from .errors import BabybearError, NodeError
 from .graph import Circuit
 from .node import Node
 from .records import parse_line, record
-from .scheduler import Scheduler
-from .text import split_text, stitch_spans
+from .scheduler import Scheduler, text_answer
+from .text import split_text
 from .types import Answer, Prediction, Span
 
 if TYPE_CHECKING:
@@ -162,10 +162,8 @@ class MamabearStage:
         if failed:
             out = {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
         else:
-            node = max((u["node"] for u in units), key=self.rank.__getitem__) if units else None
-            scores = [u["confidence"] for u in units if u["node"] == node and u["confidence"] is not None]
-            spans = stitch_spans(split_text(row["text"]), [[Span(*s) for s in u["spans"]] for u in units])
-            out = Answer(row["text"], spans, node, row["id"], min(scores) if scores else None).to_dict()
+            parts = [([Span(*s) for s in u["spans"]], u["node"], u["confidence"]) for u in units]
+            out = text_answer(row["text"], split_text(row["text"]), parts, self.rank, row["id"]).to_dict()
         if row["error"]:
             out["error"] = row["error"]
         return out

@@ -72,6 +72,16 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def text_answer(
+    text: str, chunks: Sequence[tuple[int, int, int, int]], units: Sequence[tuple[Sequence[Span], str, float | None]], rank: dict[str, int], text_id: str | None
+) -> Answer:
+    """One text's answer from its units' (spans, exit node, confidence), in chunk order: the node latest in
+    topological order that answered a unit answers for the text, at the lowest confidence of its units there."""
+    node = max((exit_ for _, exit_, _ in units), key=rank.__getitem__) if units else None
+    scores = [c for _, exit_, c in units if exit_ == node and c is not None]
+    spans = stitch_spans(chunks, [spans for spans, _, _ in units])
+    return Answer(text, spans, node, text_id, min(scores) if scores else None)
+
 @dataclass
 class NodeRun:
     """One node's answers on some units: predictions in order, failures by position, and the seconds it took."""
@@ -298,14 +308,12 @@ class Scheduler:
             for i, text in enumerate(texts):
                 us = per_text[i]
                 error = next((routed.errors[u] for u in us if u in routed.errors), None)
-                node = max((routed.exits[u] for u in us), key=rank.__getitem__) if us else None
                 text_id = ids[i] if ids is not None else None
                 if error:
                     answers.append(Answer(text, (), error.node, text_id, error=str(error)))
                     continue
-                scores = [c for u in us if routed.exits[u] == node and (c := routed.confidences[u]) is not None]
-                spans = stitch_spans(chunks[i], [routed.spans[u] for u in us])
-                answers.append(Answer(text, spans, node, text_id, min(scores) if scores else None))
+                units = [(routed.spans[u], routed.exits[u], routed.confidences[u]) for u in us]
+                answers.append(text_answer(text, chunks[i], units, rank, text_id))
             return answers
 
         return _Job(self.route_steps(units, unit_ids), finish=finish)
