@@ -1,7 +1,8 @@
 """Subword token classifiers → character spans, for any tokenizer that reports offsets and word ids.
 
-Long inputs are cut into overlapping token windows; every token takes its probabilities from the window in
-which it sits furthest from an edge, so an entity that straddles a window boundary is still seen whole.
+Long inputs are cut into overlapping token windows (:func:`run_windowed`, shared by the mamabears and the student);
+every token takes its outputs from the window in which it sits furthest from an edge, so an entity that straddles
+a window boundary is still seen whole.
 """
 
 from __future__ import annotations
@@ -21,13 +22,27 @@ LogitsFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 (batch, length, n_labels)."""
 
 
-def token_windows(n_tokens: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """Half-open token ranges of at most ``size`` tokens, each starting ``stride`` after the last, covering all."""
-    if size <= 0 or not 0 < stride <= size:
-        raise ValueError(f"need 0 < stride <= size, got size={size} stride={stride}")
+Window = tuple[int, int, int]
+"""One window of one text: (text index, first token, end token), tokens counted without special tokens."""
+
+
+def check_stride(stride: int, max_length: int) -> None:
+    """The rule for a node's ``stride``, the tokens neighbouring windows share (as in Hugging Face's tokenizers):
+    at most half of ``max_length``. ValueError otherwise."""
+    if not 0 <= stride <= max_length // 2:
+        raise ValueError(
+            f"stride ({stride}) is the number of tokens neighbouring windows share: it must be between 0 and "
+            f"max_length // 2 = {max_length // 2}"
+        )
+
+
+def token_windows(n_tokens: int, size: int, step: int) -> list[tuple[int, int]]:
+    """Half-open token ranges of at most ``size`` tokens, each starting ``step`` after the last, covering all."""
+    if size <= 0 or not 0 < step <= size:
+        raise ValueError(f"need 0 < step <= size, got size={size} step={step}")
     if n_tokens <= size:
         return [(0, n_tokens)]
-    starts = list(range(0, n_tokens - size, stride)) + [n_tokens - size]
+    starts = list(range(0, n_tokens - size, step)) + [n_tokens - size]
     return [(s, s + size) for s in starts]
 
 
@@ -42,6 +57,37 @@ def stitch(n_tokens: int, windows: Sequence[tuple[int, int]], probs: Sequence[np
         out[idx[take]] = p[take]
         best[s:e] = np.where(take, centrality, best[s:e])
     return out
+
+
+def run_windowed(
+    lengths: Sequence[int],
+    run: Callable[[Sequence[Window]], Sequence[np.ndarray]],
+    *,
+    size: int,
+    overlap: int,
+    batch_size: int,
+    n_labels: int,
+) -> list[np.ndarray]:
+    """Per-token model outputs, one ``(n_tokens, n_labels)`` array per text of ``lengths[i]`` tokens.
+
+    Each text is cut into windows of at most ``size`` tokens that share ``overlap`` tokens (:func:`token_windows`);
+    the windows of all texts go to ``run`` sorted by length, longest first (the first batch is the largest), in
+    batches of ``batch_size``; ``run`` returns each window's outputs, ``(end - start, n_labels)``, and
+    :func:`stitch` puts them back together.
+    """
+    if not 0 <= overlap < size:
+        raise ValueError(f"need 0 <= overlap < {size} (the window less its special tokens), got {overlap}")
+    windows = [token_windows(n, size, size - overlap) if n else [] for n in lengths]
+    jobs = [(t, s, e) for t, wins in enumerate(windows) for s, e in wins]
+    jobs.sort(key=lambda j: (j[2] - j[1], j[0], j[1]), reverse=True)
+    outputs: dict[Window, np.ndarray] = {}
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b : b + batch_size]
+        outputs.update(zip(batch, run(batch)))
+    return [
+        stitch(n, wins, [outputs[t, s, e] for s, e in wins]) if wins else np.zeros((0, n_labels), dtype=np.float32)
+        for t, (n, wins) in enumerate(zip(lengths, windows))
+    ]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -187,32 +233,32 @@ def classify(
 
     Each text is tokenized once, cut into windows of at most ``max_length`` tokens (special tokens included)
     that share ``overlap`` tokens, and the windows of all texts are run sorted by length in batches of
-    ``batch_size``, padded to the longest in each batch. Stitching and decoding are :func:`stitch` and
-    :func:`decode`.
+    ``batch_size``, padded to the longest in each batch (:func:`run_windowed`). Decoding is :func:`decode`.
     """
     prefix, suffix = special_tokens(tokenizer)
-    size = max_length - len(prefix) - len(suffix)
-    if not 0 <= overlap < size:
-        raise ValueError(f"need 0 <= overlap < {size} (max_length less special tokens), got {overlap}")
     encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    windows = [token_windows(len(enc.ids), size, size - overlap) if enc.ids else [] for enc in encodings]
-    jobs = sorted(((e - s, i, s) for i, wins in enumerate(windows) for s, e in wins), reverse=True)
-    window_probs: dict[tuple[int, int], np.ndarray] = {}
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b : b + batch_size]
-        width = len(prefix) + batch[0][0] + len(suffix)  # longest first, so the first row is the widest
+
+    def run(batch: Sequence[Window]) -> list[np.ndarray]:
+        width = len(prefix) + max(e - s for _, s, e in batch) + len(suffix)
         input_ids = np.zeros((len(batch), width), dtype=np.int64)  # padding id 0: masked out anyway
         attention_mask = np.zeros_like(input_ids)
-        for row, (n, i, s) in enumerate(batch):
-            ids = prefix + encodings[i].ids[s : s + n] + suffix
+        for row, (i, s, e) in enumerate(batch):
+            ids = prefix + encodings[i].ids[s:e] + suffix
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-        probs = softmax(np.asarray(logits(inputs), dtype=np.float32))
-        for row, (n, i, s) in enumerate(batch):
-            window_probs[i, s] = probs[row, len(prefix) : len(prefix) + n]
-    out = []
-    for i, (enc, wins) in enumerate(zip(encodings, windows)):
-        probs = stitch(len(enc.ids), wins, [window_probs[i, s] for s, _ in wins])
-        out.append(decode(enc.offsets, enc.word_ids, probs, id2label, keep_token_probs))
-    return out
+        z = np.asarray(logits(inputs), dtype=np.float32)
+        return [z[row, len(prefix) : len(prefix) + e - s] for row, (_, s, e) in enumerate(batch)]
+
+    stitched = run_windowed(
+        [len(enc.ids) for enc in encodings],
+        run,
+        size=max_length - len(prefix) - len(suffix),
+        overlap=overlap,
+        batch_size=batch_size,
+        n_labels=len(id2label),
+    )
+    return [
+        decode(enc.offsets, enc.word_ids, softmax(z), id2label, keep_token_probs)
+        for enc, z in zip(encodings, stitched)
+    ]

@@ -17,7 +17,7 @@ from circuit.errors import BabybearError
 from circuit.node import Node, Params
 from circuit.types import Prediction
 
-from ._align import classify, untruncated
+from ._align import check_stride, classify, untruncated
 from ._models import resolve, torch_dtype
 
 
@@ -32,8 +32,7 @@ class TokenClassifierParams(Params):
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TokenClassifierParams:
-        if self.stride > self.max_length // 2:
-            raise ValueError(f"stride ({self.stride}) must be at most half of max_length ({self.max_length})")
+        check_stride(self.stride, self.max_length)
         return self
 
 

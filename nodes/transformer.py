@@ -37,7 +37,8 @@ from nodes._models import torch_dtype
 #: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
 SHAPES: tuple[str, ...] = ("special", "Xx", "XX", "X", "xx", "d", "punct", "mixed", "other")
 _SHAPE_ID = {name: i for i, name in enumerate(SHAPES)}
-_FORMAT = 2  # version of the folder layout written by to_disk
+_FORMAT = 3  # version of the folder layout written by to_disk; 3: ``stride`` is the tokens windows share
+_READABLE_FORMATS = (2, 3)  # 2: ``stride`` was the tokens between window starts
 _CONFIG_FILE = "student.json"
 _WEIGHTS_FILE = "model.safetensors"
 _TOKENIZER_FILE = "tokenizer.json"
@@ -79,7 +80,7 @@ class TransformerTaggerParams(Params):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-4, gt=0)
     max_length: int = Field(128, ge=8, le=4096, description="tokens per window, special tokens included")
-    stride: int = Field(64, ge=1, description="tokens between the starts of consecutive windows of a long text")
+    stride: int = Field(64, ge=0, description="tokens shared by neighbouring windows of a long text")
     distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
     soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss where there are any")
     early_stopping_patience: int = Field(2, ge=0, description="epochs without held-out improvement before stopping")
@@ -98,9 +99,14 @@ class TransformerTaggerParams(Params):
 
     @model_validator(mode="after")
     def _stride_fits_window(self) -> TransformerTaggerParams:
-        if self.stride > self.max_length - 2:
-            raise ValueError(f"stride ({self.stride}) must be at most max_length - 2 ({self.max_length - 2})")
+        _align.check_stride(self.stride, self.max_length)
         return self
+
+
+def _stride_from_step(step: int, max_length: int) -> int:
+    """A format-2 ``stride`` (tokens between window starts) as the tokens windows share, within the rule of
+    :func:`_align.check_stride`."""
+    return min(max(max_length - 2 - step, 0), max_length // 2)
 
 
 # Where a saved student takes these from the caller rather than the folder: how to run, not what was learned.
@@ -453,7 +459,7 @@ class TransformerTagger(Node):
         for enc, ref in zip(encs, reference):
             targets = _word_targets(enc, ref.spans, label2id)
             soft = _soft_targets(enc, ref.token_probs, label2id) if ref.token_probs else None
-            for s, e in _align.token_windows(len(enc.ids), size, self.params.stride):
+            for s, e in _align.token_windows(len(enc.ids), size, size - self.params.stride):
                 if e <= s:
                     continue
                 ex = self._inputs(enc, s, e)
@@ -566,23 +572,19 @@ class TransformerTagger(Node):
 
     def _logits(self, encs: Sequence[_Encoded]) -> list[np.ndarray]:
         """Per-text logits (n_tokens, n_labels): windows sorted by length, run in batches, stitched back."""
-        size = self.params.max_length - 2
-        windows = [_align.token_windows(len(enc.ids), size, self.params.stride) for enc in encs]
-        items = [(t, s, e) for t, ws in enumerate(windows) for s, e in ws if e > s]
-        items.sort(key=lambda it: it[2] - it[1])
-        out: dict[tuple[int, int, int], np.ndarray] = {}
-        for i in range(0, len(items), self.params.batch_size):
-            chunk = items[i : i + self.params.batch_size]
-            logits = self._run(self._pad([self._inputs(encs[t], s, e) for t, s, e in chunk]))
-            for row, (t, s, e) in enumerate(chunk):
-                out[t, s, e] = logits[row, 1 : e - s + 1]
-        n_labels = len(self.labels_)
-        return [
-            _align.stitch(len(enc.ids), ws, [out[t, s, e] for s, e in ws])
-            if enc.ids.size
-            else np.zeros((0, n_labels), dtype=np.float32)
-            for t, (enc, ws) in enumerate(zip(encs, windows))
-        ]
+
+        def run(batch: Sequence[_align.Window]) -> list[np.ndarray]:
+            logits = self._run(self._pad([self._inputs(encs[t], s, e) for t, s, e in batch]))
+            return [logits[row, 1 : e - s + 1] for row, (_, s, e) in enumerate(batch)]  # after [CLS]
+
+        return _align.run_windowed(
+            [len(enc.ids) for enc in encs],
+            run,
+            size=self.params.max_length - 2,
+            overlap=self.params.stride,
+            batch_size=self.params.batch_size,
+            n_labels=len(self.labels_),
+        )
 
     def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Logits (batch, tokens, labels) as float32 numpy, from torch or onnxruntime."""
@@ -797,10 +799,13 @@ class TransformerTagger(Node):
             raise ArtifactError(f"{path}: not a saved TransformerTagger; missing {', '.join(missing)}")
         try:
             config = json.loads((path / _CONFIG_FILE).read_text(encoding="utf-8"))
-            if config.get("format") != _FORMAT or config.get("shape_vocab") != list(SHAPES):
+            if config.get("format") not in _READABLE_FORMATS or config.get("shape_vocab") != list(SHAPES):
                 raise ArtifactError(f"{path / _CONFIG_FILE}: written by an incompatible version of TransformerTagger")
+            learned = dict(config["params"])
+            if config["format"] == 2:
+                learned["stride"] = _stride_from_step(learned["stride"], learned["max_length"])
             runtime = {k: getattr(self.params, k) for k in _RUNTIME_PARAMS}
-            self.params = TransformerTaggerParams(**{**config["params"], **runtime})
+            self.params = TransformerTaggerParams(**{**learned, **runtime})
             self.labels_ = list(config["labels"])
             self.temperature_ = float(config["temperature"])
             self.restart_rate_ = float(config["restart_rate"])

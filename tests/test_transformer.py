@@ -23,7 +23,7 @@ from circuit.metrics import entity_f1  # noqa: E402
 from circuit.types import Prediction, Span  # noqa: E402
 from nodes import _align  # noqa: E402
 from nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape_id  # noqa: E402
-from tests.conftest import ODD_TEXTS, Labelled  # noqa: E402
+from tests.conftest import ODD_TEXTS, Labelled, variant  # noqa: E402
 
 SHORT_ODD = [t for t in ODD_TEXTS if len(t) < 1000]
 
@@ -50,6 +50,21 @@ def student(data: dict[str, list]) -> TransformerTagger:
     """A 2-layer student trained once for the whole module (under a minute on 2 CPU cores)."""
     node = TransformerTagger(layers=2, epochs=3, device="cpu", seed=0)
     return node.fit(data["train"], data["train_ref"])
+
+
+def untrained_student(**params) -> TransformerTagger:
+    """A 1-layer student with random weights and a sharpened head: fitted as far as saving, loading and running go,
+    in a second rather than a training run."""
+    import torch
+
+    torch.manual_seed(0)
+    node = TransformerTagger(layers=1, device="cpu", **params)
+    node.warm_up()  # the tokenizer
+    node.labels_ = ["O", "B-PER", "I-PER"]
+    node.model_ = node._build_model(pretrained=False).eval()
+    with torch.no_grad():
+        node.model_.classifier.weight.mul_(50)
+    return node
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +183,9 @@ def test_unfitted_student_refuses_to_predict():
 
 
 def test_params_are_checked():
-    with pytest.raises(ValueError, match="stride"):
-        TransformerTagger(max_length=32, stride=31)
+    rule = r"stride \(17\) is the number of tokens neighbouring windows share: .* max_length // 2 = 16"
+    with pytest.raises(ValueError, match=rule):
+        TransformerTagger(max_length=32, stride=17)
     with pytest.raises(ValueError, match="extra"):
         TransformerTagger(layer=2)
 
@@ -208,6 +224,36 @@ def test_a_damaged_student_json_is_an_artifact_error(student, tmp_path):
     (tmp_path / "student.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"student\.json: cannot read it: JSONDecodeError"):
         TransformerTagger().from_disk(tmp_path)
+
+
+def test_stride_is_the_tokens_neighbouring_windows_share(tokenizer_node, monkeypatch):
+    node = variant(tokenizer_node, max_length=16, stride=4)  # windows of 14 tokens between [CLS] and [SEP]
+    node.labels_ = ["O", "B-PER"]
+    windows = []
+    make_inputs = node._inputs
+    monkeypatch.setattr(node, "_inputs", lambda enc, s, e: windows.append((s, e)) or make_inputs(enc, s, e))
+    # A model whose logits depend on the token id only: windowing must not change them.
+    context_free = lambda inputs: np.stack([np.sin(inputs["input_ids"]), np.cos(inputs["input_ids"])], -1)  # noqa: E731
+    monkeypatch.setattr(node, "_run", context_free)
+    text = "Anna met Bob in Oslo on Monday and they talked at length about the weather " * 4
+    (enc,) = node._encode([text])
+    (windowed,) = node._logits([enc])
+    n = len(enc.ids)
+    assert sorted(windows) == [(s, s + 14) for s in range(0, n - 14, 10)] + [(n - 14, n)]
+    (whole,) = variant(node, max_length=512, stride=0)._logits([enc])
+    np.testing.assert_allclose(windowed, whole)
+
+
+def test_a_format_2_student_keeps_its_windows_under_the_new_meaning_of_stride(tmp_path):
+    untrained_student().to_disk(tmp_path)
+    config = json.loads((tmp_path / "student.json").read_text())
+    assert config["params"]["stride"] == 64 and TransformerTagger(device="cpu").from_disk(tmp_path).params.stride == 64
+    config["format"] = 2  # format 2's stride was the tokens between window starts: 64 of 126 shared 62 tokens
+    (tmp_path / "student.json").write_text(json.dumps(config))
+    assert TransformerTagger(device="cpu").from_disk(tmp_path).params.stride == 62
+    config["params"]["stride"] = 10  # windows sharing 116 tokens: as many as the rule allows now
+    (tmp_path / "student.json").write_text(json.dumps(config))
+    assert TransformerTagger(device="cpu").from_disk(tmp_path).params.stride == 64
 
 
 def test_registered_under_its_versioned_name():
