@@ -11,8 +11,10 @@ onnxruntime are imported only when the node is used, so reading a circuit stays 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import tempfile
 import time
 import unicodedata
@@ -107,6 +109,26 @@ def _stride_from_step(step: int, max_length: int) -> int:
     """A format-2 ``stride`` (tokens between window starts) as the tokens windows share, within the rule of
     :func:`_align.check_stride`."""
     return min(max(max_length - 2 - step, 0), max_length // 2)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _graphs_belong(path: Path, saved: dict[str, Any]) -> bool:
+    """Whether the folder's ONNX graphs are those student.json lists (``saved``), as written with its weights:
+    a graph of another save, or a folder without a list (format 2), would serve other weights."""
+    graphs = saved.get("graphs") or {}
+    on_disk = {p.name for p in path.glob("model*.onnx")}
+    if "model.onnx" not in graphs or on_disk != set(graphs):
+        return False
+    if saved.get("weights_sha256") != _sha256(path / _WEIGHTS_FILE):
+        return False
+    return all(_sha256(path / name) == digest for name, digest in graphs.items())
 
 
 # Where a saved student takes these from the caller rather than the folder: how to run, not what was learned.
@@ -726,15 +748,15 @@ class TransformerTagger(Node):
             self._tmp = tempfile.TemporaryDirectory(prefix="babybear-student-")
         return Path(self._tmp.name)
 
-    def _onnx_file(self) -> Path:
-        """The ONNX graph to run (the int8 one when asked), made in the scratch folder if not on disk."""
+    def _onnx_graphs(self) -> list[Path]:
+        """The ONNX graphs this node runs: fp32, then int8 when asked; made in the scratch folder if not on disk."""
         if self._onnx_dir is None:
             self._onnx_dir = self._scratch()
         fp32 = self._onnx_dir / "model.onnx"
         if not fp32.exists():
             self.export_onnx(fp32)
         if not self.params.quantize_int8:
-            return fp32
+            return [fp32]
         int8 = self._onnx_dir / "model.int8.onnx"
         if not int8.exists():
             int8 = self._scratch() / "model.int8.onnx"
@@ -742,7 +764,7 @@ class TransformerTagger(Node):
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        return int8
+        return [fp32, int8]
 
     def _open_onnx_session(self) -> Any:
         """An onnxruntime session (CUDA first unless device is cpu) using as many threads as torch does."""
@@ -755,12 +777,14 @@ class TransformerTagger(Node):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         return onnxruntime.InferenceSession(
-            str(self._onnx_file()), options, providers=list(dict.fromkeys(providers))
+            str(self._onnx_graphs()[-1]), options, providers=list(dict.fromkeys(providers))
         )
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:
-        """Write safetensors weights, tokenizer.json, the encoder's config.json and student.json (no pickle)."""
+        """Write safetensors weights, tokenizer.json, the encoder's config.json and student.json (no pickle); with
+        runtime onnx also the graphs it runs, listed in student.json with their and the weights' sha256. Graphs
+        of an earlier save are removed."""
         from safetensors.torch import save_model
 
         if not self.is_fitted:
@@ -769,6 +793,14 @@ class TransformerTagger(Node):
         save_model(self.model_, str(path / _WEIGHTS_FILE))
         self.model_.encoder.config.to_json_file(str(path / "config.json"))
         self._tokenizer.save(str(path / _TOKENIZER_FILE))
+        graphs: dict[str, str] = {}  # file name -> sha256
+        for src in self._onnx_graphs() if self.params.runtime == "onnx" else []:
+            if not (path / src.name).exists() or not (path / src.name).samefile(src):
+                shutil.copyfile(src, path / src.name)
+            graphs[src.name] = _sha256(path / src.name)
+        for stale in path.glob("model*.onnx"):
+            if stale.name not in graphs:
+                stale.unlink()
         config = {
             "format": _FORMAT,
             "labels": self.labels_,
@@ -778,14 +810,9 @@ class TransformerTagger(Node):
             "shape_vocab": list(SHAPES),
             "special_token_ids": self._special,
             "report": self.report_,
+            "onnx": {"weights_sha256": _sha256(path / _WEIGHTS_FILE), "graphs": graphs},
         }
-        (path / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        if self.params.runtime == "onnx":
-            self._onnx_file()  # make the graphs this node runs, if it has not yet
-            for src in {self._onnx_dir, self._scratch()} - {path}:
-                for name in ("model.onnx", "model.int8.onnx"):
-                    if src is not None and (src / name).exists():
-                        (path / name).write_bytes((src / name).read_bytes())
+        (path / _CONFIG_FILE).write_text(json.dumps(config, indent=2))  # last: it names what belongs together
 
     def from_disk(self, path: Path) -> TransformerTagger:
         """Load a student written by :meth:`to_disk`. What was learned (encoder shape, labels, temperature)
@@ -818,5 +845,6 @@ class TransformerTagger(Node):
         load_model(self.model_, str(path / _WEIGHTS_FILE))
         self.model_.eval()
         self._session, self._tmp = None, None
-        self._onnx_dir = path if (path / "model.onnx").exists() else None
+        use_saved = self.params.runtime == "onnx" and _graphs_belong(path, config.get("onnx") or {})
+        self._onnx_dir = path if use_saved else None  # otherwise exported afresh on first use
         return self

@@ -160,6 +160,40 @@ def test_onnx_runtime_matches_torch(student, data, tmp_path):
     assert abs(f1_vs(int8_preds[:100], refs) - f1_vs(torch_preds[:100], refs)) <= 0.03
 
 
+def test_an_onnx_graph_of_an_earlier_save_is_never_served(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    texts = ["Anna met Bob in Oslo on Monday.", "Nothing here.", "Reuters reported that Microsoft bought LinkedIn."]
+    a = untrained_student(runtime="onnx")
+    a.to_disk(tmp_path)
+    graph_of_a = (tmp_path / "model.onnx").read_bytes()
+    b = untrained_student()
+    with __import__("torch").no_grad():
+        b.model_.classifier.weight.mul_(-1)  # student B: other weights, saved with the torch runtime over A
+    b.to_disk(tmp_path)
+    assert not list(tmp_path.glob("*.onnx"))  # A's graphs are gone with A's weights
+
+    def probs(node: TransformerTagger) -> list[np.ndarray]:
+        node.warm_up()  # opens the ONNX session where the runtime is onnx
+        return [_align.softmax(z) for z in node._logits(node._encode(texts))]
+
+    expected = probs(b)
+    assert not all(np.allclose(p, q, atol=1e-2) for p, q in zip(probs(a), expected))
+    for graph in (None, graph_of_a):  # A's graph put back by hand does not belong to B's weights either
+        if graph is not None:
+            (tmp_path / "model.onnx").write_bytes(graph)
+        loaded = TransformerTagger(runtime="onnx", device="cpu").from_disk(tmp_path)
+        for p, q in zip(probs(loaded), expected):
+            np.testing.assert_allclose(p, q, atol=1e-4)
+    b.params = b.params.model_copy(update={"runtime": "onnx"})
+    b.to_disk(tmp_path)  # B's own graph, listed in student.json, is served without exporting again
+    loaded = TransformerTagger(runtime="onnx", device="cpu").from_disk(tmp_path)
+    actual = probs(loaded)
+    assert loaded._session is not None and loaded._onnx_dir == tmp_path and not loaded._tmp
+    for p, q in zip(actual, expected):
+        np.testing.assert_allclose(p, q, atol=1e-4)
+
+
 # -- soft targets, contract, parameters ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_soft_targets_from_the_mamabear_are_used(data):
