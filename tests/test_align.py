@@ -167,4 +167,5 @@ def test_untruncated_turns_off_the_tokenizers_own_truncation_and_padding(tokeniz
     tokenizer.enable_truncation(max_length=8)
     tokenizer.enable_padding(length=512)
     assert untruncated(tokenizer) is tokenizer  # the nodes share one tokenizer object with what they load
-    assert len(tokenizer.encode(text).ids) == n_tokens > 8 and tokenizer.truncation is None and tokenizer.padding is None
+    assert len(tokenizer.encode(text).ids) == n_tokens > 8
+    assert tokenizer.truncation is None and tokenizer.padding is None

@@ -117,7 +117,8 @@ def test_device_and_dtype_follow_the_params(node: HFTokenClassifier) -> None:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
     """Pretend a CUDA device is present; bfloat16 is native on it or (otherwise) only emulated."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    bf16 = lambda including_emulation=True: native_bf16 or including_emulation  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
 
 
 @pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bfloat16"), (False, "float16")])

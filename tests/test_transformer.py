@@ -235,7 +235,8 @@ def test_autocast_dtype_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch, native
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16 or including_emulation)
+    bf16 = lambda including_emulation=True: native_bf16 or including_emulation  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
     assert TransformerTagger(dtype=dtype)._amp_dtype() == getattr(torch, expected)
     if not native_bf16:
         with pytest.raises(BabybearError, match="TransformerTagger: dtype='bfloat16' but this GPU does not support"):
