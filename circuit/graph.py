@@ -28,7 +28,7 @@ from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology, gate_evidence
 from .optimizer import Method, check_budget, optimize
 from .scheduler import Routed, Scheduler
-from .schema import Budget, CircuitSpec, load_spec, pydantic_problems, validate
+from .schema import Budget, CircuitSpec, budget_problems, load_spec, pydantic_problems, validate
 from .text import n_tokens, pieces, split_text, stitch_spans
 from .types import Answer, Prediction, Span
 
@@ -368,9 +368,12 @@ class Circuit:
         method: Method = "joint",
         run: CachedRun | None = None,
         costs: dict[str, float] | None = None,
+        confidence: float | None = None,
         **options: Any,
     ) -> Circuit:
         """Set every threshold for the budget from cached outputs, without running a model.
+
+        ``min_entity_f1`` and ``confidence`` replace the budget's (checked before anything changes).
 
         ``method``: "joint" (circuit.optimizer: all edges together, on a lower confidence bound), "per_edge"
         or "nearest" (point-estimate rules kept for comparison). ``run`` tunes on other cached outputs (e.g.
@@ -382,9 +385,14 @@ class Circuit:
         """
         if run is None and self.cache_ is None:
             raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
-        if min_entity_f1 is not None:
-            self.budget = self.budget.model_copy(update={"min_entity_f1": min_entity_f1})
-            self.validate()
+        update = {k: v for k, v in {"min_entity_f1": min_entity_f1, "confidence": confidence}.items() if v is not None}
+        if update:
+            budget = self.budget.model_copy(update=update)
+            problems = budget_problems(budget)
+            if problems:
+                raise CircuitValidationError(problems)
+            self.budget = budget
+        tuned_on = "held-out tuning split" if run is None else "given run"
         if run is None:
             run = self.cache_.subset(np.arange(self.n_calibration_, self.cache_.n))
         measured = run.costs
@@ -409,6 +417,7 @@ class Circuit:
             gates={f"{s}->{t}": {**self.graph.edges[s, t]["gate"].report, "tuning": run.calibration((s, t))} for s, t in self.graph.edges},
             thresholds={f"{s}->{t}": v for (s, t), v in self.thresholds.items()},
             tuning={k: v for k, v in outcome.items() if k != "per_label"},
+            tuned_on={"source": tuned_on, "texts": run.n},
             optimizer=result.to_dict(),
         )
         return self

@@ -247,6 +247,16 @@ def test_tune_resets_thresholds_from_the_cache_without_running_models(fitted, tm
     assert loaded.thresholds == pytest.approx(loose)
 
 
+@pytest.mark.parametrize(("change", "where"), [({"confidence": 0.0}, "budget.confidence"), ({"min_entity_f1": 1.5}, "budget.min_entity_f1")])
+def test_tune_checks_a_new_budget_before_changing_anything(fitted, change, where):
+    before = fitted.budget, dict(fitted.thresholds)
+    with pytest.raises(CircuitValidationError, match=re.escape(where)):
+        fitted.tune(**change)
+    assert (fitted.budget, fitted.thresholds) == before
+    fitted.tune(confidence=0.8)
+    assert fitted.budget.confidence == 0.8 and fitted.report_["tuned_on"]["source"] == "held-out tuning split"
+
+
 def test_cli_fit_run_eval(tmp_path, capsys):
     import json
 
