@@ -72,6 +72,11 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _check_not_one_text(texts: Iterable[str]) -> None:
+    if isinstance(texts, str):
+        raise BabybearError("expected a list (or other iterable) of texts, got one str: wrap it, e.g. circuit([text])")
+
+
 def text_answer(
     text: str, chunks: Sequence[tuple[int, int, int, int]], units: Sequence[tuple[Sequence[Span], str, float | None]], rank: dict[str, int], text_id: str | None
 ) -> Answer:
@@ -279,20 +284,23 @@ class Scheduler:
 
     def route(self, units: Sequence[str], ids: Sequence[str] | None = None) -> Routed:
         """Route ``units`` through the circuit (ids name them in errors; their positions by default)."""
+        _check_not_one_text(units)
         ids = [str(i) for i in range(len(units))] if ids is None else ids
         job = _Job(self.route_steps(units, ids))
         self._advance(job)
         return self._complete(job)
 
     # -- texts -------------------------------------------------------------------------------------------------
-    def _job(self, texts: Sequence[str], ids: Sequence[str] | None) -> _Job:
-        """A job answering whole ``texts``: long ones are split into units and their spans stitched back."""
+    def _job(self, texts: Sequence[str], ids: Sequence[str] | None, first: int = 0) -> _Job:
+        """A job answering whole ``texts``: long ones are split into units and their spans stitched back. Without
+        ``ids``, errors name a text by its position in the whole input (``first`` is the first text's)."""
+        _check_not_one_text(texts)
         if ids is not None and len(ids) != len(texts):
             raise BabybearError(f"got {len(ids)} ids for {len(texts)} texts")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise BabybearError(f"text {ids[i] if ids else i!r} is {type(t).__name__}, not str")
-        names = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        names = [str(first + i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
         units, unit_ids, chunks = [], [], []
         per_text: list[list[int]] = []
         for i, text in enumerate(texts):
@@ -330,12 +338,15 @@ class Scheduler:
         while the GPU nodes work on one chunk, the CPU nodes work on the next."""
         if chunk < 1:
             raise BabybearError(f"chunk must be >= 1, got {chunk}")
+        _check_not_one_text(texts)
         texts_it = iter(texts)
         ids_it = iter(ids) if ids is not None else None
         in_flight: deque[_Job] = deque()
+        first = 0
         while part := list(itertools.islice(texts_it, chunk)):
             part_ids = list(itertools.islice(ids_it, len(part))) if ids_it is not None else None
-            job = self._job(part, part_ids)
+            job = self._job(part, part_ids, first)
+            first += len(part)
             self._advance(job)
             in_flight.append(job)
             if len(in_flight) == 2:

@@ -130,6 +130,24 @@ def test_a_text_a_babybear_fails_on_goes_on_to_the_mamabear(caplog):
     assert all(a.error is None and a.node in ("memo", "mama") for a in answers)
 
 
+def test_stream_errors_name_a_text_by_its_position_in_the_whole_input():
+    from .conftest import FragileMamabear
+
+    circuit = fitted(FragileMamabear(), Memorizer())
+    circuit.set_thresholds({("memo", "mama"): 1.0})  # everything reaches the mamabear
+    texts = ["Alice met Bob", "Carol", "Dan met Eve", "BREAK-MAMA Zed met Quill"]
+    answers = list(circuit.stream(texts, chunk=2))
+    assert [a.text for a in answers] == texts and answers[3].id is None
+    assert "failed on text '3'" in answers[3].error
+
+
+def test_one_string_in_place_of_a_list_of_texts_is_refused():
+    circuit = fitted(CapsMamabear(), Memorizer())
+    for call in (circuit, lambda t: list(circuit.stream(t)), circuit.route):
+        with pytest.raises(BabybearError, match="got one str: wrap it"):
+            call("Tony Blair")
+
+
 def test_a_gate_comparing_with_a_babybear_that_failed_sends_the_text_on():
     circuit = Circuit("toy", {"min_entity_f1": 0.99}).add("frail", FragileMemorizer()).add("memo", Memorizer())
     circuit.add("mama", CapsMamabear()).connect("frail", "memo").connect("memo", "mama", agree_with="frail")
