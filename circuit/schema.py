@@ -116,36 +116,15 @@ def validate(spec: CircuitSpec) -> list[Problem]:
     problems = budget_problems(spec.budget)
     if spec.version != 1:
         problems.append(Problem("version", f"unsupported version {spec.version}; supported: 1"))
-    known_nodes, known_gates = registry.nodes.names(), registry.gates.names()
     roles: dict[str, str] = {}
     for name, node in spec.nodes.items():
-        if node.type not in registry.nodes:
-            problems.append(Problem(f"nodes.{name}.type", f"unknown node type '{node.type}'; known: {', '.join(known_nodes)}"))
-            continue
-        cls = registry.nodes.get(node.type)
-        roles[name] = cls.role
-        try:
-            cls.Params(**node.params)
-        except ValidationError as err:
-            fields = {("nodes", name, "params"): sorted(cls.Params.model_fields)}
-            problems += pydantic_problems(err, ("nodes", name, "params"), fields)
+        problems += _node_problems(name, node)
+        if node.type in registry.nodes:
+            roles[name] = registry.nodes.get(node.type).role
     graph = nx.DiGraph()
     graph.add_nodes_from(spec.nodes)
     for i, edge in enumerate(spec.edges):
-        for end in ("source", "target"):
-            if getattr(edge, end) not in spec.nodes:
-                problems.append(Problem(f"edges.{i}.{end}", f"no node named '{getattr(edge, end)}'; nodes: {', '.join(spec.nodes)}"))
-        if edge.gate.type not in registry.gates:
-            problems.append(Problem(f"edges.{i}.gate.type", f"unknown gate type '{edge.gate.type}'; known: {', '.join(known_gates)}"))
-        else:
-            gcls = registry.gates.get(edge.gate.type)
-            try:
-                gcls.Params(**edge.gate.params)
-            except ValidationError as err:
-                fields = {("edges", i, "gate", "params"): sorted(gcls.Params.model_fields)}
-                problems += pydantic_problems(err, ("edges", i, "gate", "params"), fields)
-        if edge.threshold is not None and not 0 <= edge.threshold <= 1.0 + 1e-9:
-            problems.append(Problem(f"edges.{i}.threshold", f"must be in [0, 1], got {edge.threshold}"))
+        problems += _edge_problems(i, edge, list(spec.nodes))
         if edge.source in spec.nodes and edge.target in spec.nodes:
             if graph.has_edge(edge.source, edge.target):
                 problems.append(Problem(f"edges.{i}", f"duplicate edge {edge.source} -> {edge.target}"))
@@ -153,6 +132,64 @@ def validate(spec: CircuitSpec) -> list[Problem]:
     problems += _graph_problems(graph, roles, {name: n.enabled for name, n in spec.nodes.items()})
     if not problems:
         problems += _agreement_problems(spec, graph)
+    return problems
+
+
+def _node_problems(name: str, node: NodeSpec) -> list[Problem]:
+    """A node's type is registered and its params are that type's."""
+    if node.type not in registry.nodes:
+        return [Problem(f"nodes.{name}.type", f"unknown node type '{node.type}'; known: {', '.join(registry.nodes.names())}")]
+    cls = registry.nodes.get(node.type)
+    try:
+        cls.Params(**node.params)
+    except ValidationError as err:
+        return pydantic_problems(err, ("nodes", name, "params"), {("nodes", name, "params"): sorted(cls.Params.model_fields)})
+    return []
+
+
+def _edge_problems(i: int, edge: EdgeSpec, nodes: list[str]) -> list[Problem]:
+    """An edge's ends are nodes, its gate type is registered with valid params, its threshold is in [0, 1]."""
+    problems = []
+    for end in ("source", "target"):
+        if getattr(edge, end) not in nodes:
+            problems.append(Problem(f"edges.{i}.{end}", f"no node named '{getattr(edge, end)}'; nodes: {', '.join(nodes)}"))
+    if edge.gate.type not in registry.gates:
+        problems.append(Problem(f"edges.{i}.gate.type", f"unknown gate type '{edge.gate.type}'; known: {', '.join(registry.gates.names())}"))
+    else:
+        gcls = registry.gates.get(edge.gate.type)
+        try:
+            gcls.Params(**edge.gate.params)
+        except ValidationError as err:
+            problems += pydantic_problems(err, ("edges", i, "gate", "params"), {("edges", i, "gate", "params"): sorted(gcls.Params.model_fields)})
+    if edge.threshold is not None and not 0 <= edge.threshold <= 1.0 + 1e-9:
+        problems.append(Problem(f"edges.{i}.threshold", f"must be in [0, 1], got {edge.threshold}"))
+    return problems
+
+
+def _shape_problems(data: dict[str, Any], err: ValidationError) -> list[Problem]:
+    """A spec whose shape is wrong somewhere: the shape problems, then the meaning problems of the parts (nodes,
+    edges, budget) that are well-shaped on their own, so that one pass reports them all."""
+    nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
+    edges = data.get("edges") if isinstance(data.get("edges"), list) else []
+    known: dict[tuple, list[str]] = {(): sorted(CircuitSpec.model_fields), ("budget",): sorted(Budget.model_fields)}
+    known.update({("nodes", n): sorted(NodeSpec.model_fields) for n in nodes})
+    known.update({("edges", i): sorted(EdgeSpec.model_fields) for i in range(len(edges))})
+    known.update({("edges", i, "gate"): sorted(GateSpec.model_fields) for i in range(len(edges))})
+    problems = pydantic_problems(err, (), known)
+    for name, raw in nodes.items():
+        try:
+            problems += _node_problems(name, NodeSpec.model_validate(raw))
+        except ValidationError:
+            pass  # its shape problems are listed already
+    for i, raw in enumerate(edges):
+        try:
+            problems += _edge_problems(i, EdgeSpec.model_validate(raw), [str(n) for n in nodes])
+        except ValidationError:
+            pass
+    try:
+        problems += budget_problems(Budget.model_validate(data.get("budget") or {}))
+    except ValidationError:
+        pass
     return problems
 
 
@@ -239,9 +276,7 @@ def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> C
         spec = CircuitSpec.model_validate(data)
         problems = validate(spec)
     except ValidationError as err:
-        known = {(): sorted(CircuitSpec.model_fields), ("budget",): sorted(Budget.model_fields)}
-        known.update({("nodes", n): sorted(NodeSpec.model_fields) for n in data.get("nodes") or {}})
-        problems = pydantic_problems(err, (), known)
+        problems = _shape_problems(data, err)
         spec = None
     if problems:
         located = [Problem(p.location, p.message, _locate(p.location, lines)) for p in problems]

@@ -59,8 +59,29 @@ def test_no_mamabear():
 def test_misspelt_fields_list_the_known_ones():
     text = "\n".join(problems("broken_shape.yaml"))
     assert "nodez (line 2): unknown field; known: budget, edges, name, nodes, version" in text
-    assert "nodes.a.parms (line 4): unknown field; known: enabled, labels, params, type" in text
-    assert "edges.0.treshold (line 7): unknown field" in text
+    assert "nodes.a.parms (line 5): unknown field; known: enabled, labels, params, type" in text
+    assert "edges.0.treshold (line 9): unknown field; known: agree_with, gate, source, target, threshold" in text
+    assert "edges.2.gate.typ (line 11): unknown field; known: params, type" in text
+    # the well-shaped parts are checked in the same pass
+    assert "budget.min_entity_f1 (line 3): must be in (0, 1], got 1.5" in text
+    assert "nodes.b.params.c3 (line 6): unknown parameter; known: min_count" in text
+    assert "edges.1.target (line 10): no node named 'nowhere'" in text and "edges.1.threshold (line 10): must be in [0, 1]" in text
+
+
+def test_the_readme_example_with_real_types_reports_its_six_problems(capsys):
+    from circuit.cli import main
+
+    assert main(["fit", str(FIXTURES / "broken_real.yaml"), "--corpus", "x", "--out", "y"]) == 2
+    err = capsys.readouterr().err
+    assert "6 problems in the circuit" in err
+    for where in ("budget.confidance (line 3)", "edges.1.treshold (line 11)", "nodes.crf.type (line 6)",
+                  "nodes.student.params.epoch (line 7)", "edges.2.gate.type (line 12)", "edges.3.target (line 13)"):
+        assert where in err
+
+
+def test_nodes_as_a_list_is_a_located_problem():
+    with pytest.raises(CircuitValidationError, match=r"nodes \(line 2\): Input should be a valid dictionary"):
+        Circuit.from_yaml("nodes:\n  - {type: babybear.CRFTagger.v1}\n")
 
 
 def test_not_yaml_and_missing_file():
