@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 NOT_TEXT = "field 'text' is missing or not a string"
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only a lone half can be left in a str: a JSON pair decodes to one character
 
 
 def parse_line(line: str) -> dict[str, Any]:
@@ -23,9 +25,15 @@ def parse_line(line: str) -> dict[str, Any]:
     return record(data.get("id"), data.get("text"))
 
 
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD, so offsets keep."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def record(id_: Any, text: Any) -> dict[str, Any]:
-    """A row from an id and a text field as read (the text must be a string; id None if absent)."""
-    row_id = None if id_ is None else str(id_)
+    """A row from an id and a text field as read (the text must be a string; id None if absent); lone surrogates
+    in either become U+FFFD."""
+    row_id = None if id_ is None else clean_text(str(id_))
     if isinstance(text, str):
-        return {"id": row_id, "text": text, "error": None}
+        return {"id": row_id, "text": clean_text(text), "error": None}
     return {"id": row_id, "text": "", "error": NOT_TEXT}
