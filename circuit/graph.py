@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from . import registry
-from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError
+from .errors import ArtifactError, BabybearError, CircuitValidationError, NotFittedError, Problem
 from .metrics import entity_f1, seqeval_f1
 from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology, gate_evidence
@@ -168,7 +168,12 @@ class Circuit:
         return {(s, t): d["threshold"] for s, t, d in self.graph.edges(data=True)}
 
     def set_thresholds(self, thresholds: dict[Edge, float]) -> Circuit:
-        """Set some edges' thresholds by hand; returns self."""
+        """Set some edges' thresholds by hand (each in [0, 1]; all checked before any is set); returns self."""
+        for (s, t), value in thresholds.items():
+            if not self.graph.has_edge(s, t):
+                raise BabybearError(f"no edge {s} -> {t}; edges: {', '.join(f'{a}->{b}' for a, b in self.graph.edges)}")
+            if not 0 <= float(value) <= 1:
+                raise CircuitValidationError([Problem(f"{s}->{t}.threshold", f"must be in [0, 1], got {value}")])
         for edge, value in thresholds.items():
             self.graph.edges[edge]["threshold"] = float(value)
         return self
@@ -200,14 +205,16 @@ class Circuit:
                 s, _, t = target.partition("->")
                 if not self.graph.has_edge(s, t):
                     raise BabybearError(f"{key}: no edge {s} -> {t}; edges: {', '.join(f'{a}->{b}' for a, b in self.graph.edges)}")
-                before = self.graph.edges[s, t][attr]
-                self.graph.edges[s, t][attr] = float(value) if attr == "threshold" else value
-                if attr == "agree_with":
-                    try:
-                        self.validate()
-                    except CircuitValidationError:
-                        self.graph.edges[s, t][attr] = before
-                        raise
+                if attr == "threshold":
+                    self.set_thresholds({(s, t): value})
+                    continue
+                before = self.graph.edges[s, t]["agree_with"]
+                self.graph.edges[s, t]["agree_with"] = value
+                try:
+                    self.validate()
+                except CircuitValidationError:
+                    self.graph.edges[s, t]["agree_with"] = before
+                    raise
             elif target in self.graph:
                 node_changes.setdefault(target, {})[attr] = value
             else:
@@ -507,7 +514,12 @@ class Circuit:
                 raise ArtifactError(f"{file}: cannot read gate {s} -> {t}: {err}") from err
         report_file = path / "report.json"
         if report_file.is_file():
-            circuit.report_ = json.loads(report_file.read_text(encoding="utf-8"))
+            try:
+                circuit.report_ = json.loads(report_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ArtifactError(f"{report_file}: cannot read the fit report: {err}") from err
+            if not isinstance(circuit.report_, dict):
+                raise ArtifactError(f"{report_file}: the fit report is not a JSON object")
             for name, cost in circuit.report_.get("costs_seconds_per_token", {}).items():
                 if name in circuit.graph:
                     circuit.node(name).cost_ = cost

@@ -191,6 +191,18 @@ def test_saving_over_a_folder_leaves_no_file_of_the_earlier_save(fitted, tmp_pat
     assert Circuit.load(folder)(["yesterday Bob met Carol"]) == fitted(["yesterday Bob met Carol"])
 
 
+def test_out_of_range_thresholds_are_refused_before_anything_changes(fitted):
+    before = dict(fitted.thresholds)
+    with pytest.raises(CircuitValidationError, match=re.escape("memo->mama.threshold: must be in [0, 1], got 5")):
+        fitted.set_params(**{"memo->mama__threshold": 5})
+    with pytest.raises(CircuitValidationError, match="must be in"):
+        fitted.set_thresholds({("memo", "mama"): -0.1})
+    with pytest.raises(BabybearError, match="no edge mama -> memo"):
+        fitted.set_thresholds({("mama", "memo"): 0.5})
+    assert fitted.thresholds == before
+    assert fitted.set_params(**{"memo->mama__threshold": 0.25}).thresholds[("memo", "mama")] == 0.25
+
+
 def test_missing_gate_file_names_the_file(fitted, tmp_path):
     fitted.save(tmp_path / "f")
     (tmp_path / "f" / "gates" / "memo--mama.json").unlink()
@@ -204,6 +216,8 @@ def test_missing_gate_file_names_the_file(fitted, tmp_path):
         ("gates/memo--mama.json", "{}", "gates/memo--mama.json: cannot read gate memo -> mama: gate state lacks features"),
         ("gates/memo--mama.json", '{"features": ["a"], "mean": [], "scale": [], "coef": [], "intercept": 0}', "differ in length"),
         ("heldout.json", '{"n_calibration": 3, "texts": [], "preds": {}}', "heldout.json: cannot read the held-out cache: 'costs'"),
+        ("report.json", "{bad", "report.json: cannot read the fit report"),
+        ("report.json", "[1]", "report.json: the fit report is not a JSON object"),
     ],
 )
 def test_damaged_folder_files_are_artifact_errors_naming_the_file(fitted, tmp_path, file, content, message):
