@@ -274,8 +274,9 @@ class CRFTagger(Node):
             meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
             self.params = self.Params(**meta["params"])
             self._load_model((path / MODEL_FILE).read_bytes())
+            # format 2 saves the vocabulary: without it every word would count as seen, so it must be there
             vocab_file = path / VOCAB_FILE
-            self.vocab_ = frozenset(json.loads(vocab_file.read_text(encoding="utf-8"))) if vocab_file.is_file() else None
+            self.vocab_ = frozenset(json.loads(vocab_file.read_text(encoding="utf-8"))) if meta.get("format", 1) >= 2 else None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"cannot load the CRF from {path}: {type(e).__name__}: {e}") from e
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -136,9 +137,13 @@ def test_save_load_gives_identical_answers(crf, labelled_bbc, tmp_path):
     assert loaded.predict_batch(texts) == crf.predict_batch(texts)
 
 
-def test_a_model_saved_without_its_vocabulary_still_loads(crf, tmp_path):
+def test_a_format_1_model_without_a_vocabulary_loads_but_a_format_2_one_must_have_it(crf, tmp_path):
     crf.to_disk(tmp_path)
-    (tmp_path / "vocab.json").unlink()  # as format 1 saved it
+    (tmp_path / "vocab.json").unlink()
+    with pytest.raises(ArtifactError, match="vocab.json"):  # it would count every word as seen, silently
+        CRFTagger().from_disk(tmp_path)
+    meta = json.loads((tmp_path / "crf.json").read_text())
+    (tmp_path / "crf.json").write_text(json.dumps({**meta, "format": 1}))  # as format 1 saved it
     text = "The dollar Zorblax has hit quuxington"
     (old,) = CRFTagger().from_disk(tmp_path).predict_batch([text])
     assert old.spans == crf.predict_batch([text])[0].spans and old.evidence["n_unseen"] == 0
