@@ -14,14 +14,16 @@ circuit's own character offsets.
   ``doc._.babybear["error"]`` says why a Doc got no entities when the mamabear failed on its text (else None).
 * The circuit is loaded lazily (first use) from the configured folder, or by ``from_disk`` from the copy saved
   inside the pipeline, so ``spacy.load`` never needs the original folder. Loading reads YAML/JSON/model files
-  and runs no code from them.
+  and runs no code from them. ``nlp.to_bytes()`` carries the circuit too: its folder's files in msgpack.
 """
 
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+import srsly
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch
@@ -64,6 +66,7 @@ class BabybearNER:
         self.batch_size = batch_size
         self.source: Path | None = Path(circuit) if circuit else None
         self._circuit: Circuit | None = None
+        self._unpacked: tempfile.TemporaryDirectory | None = None  # where from_bytes put the circuit's files
 
     @property
     def circuit(self) -> Circuit:
@@ -133,6 +136,40 @@ class BabybearNER:
         self._circuit = _load(folder)
         self.source = folder
         return self
+
+
+    def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
+        """The circuit's saved folder as msgpack of ``{relative path: file bytes}`` (``nlp.to_bytes`` carries it)."""
+        with tempfile.TemporaryDirectory(prefix="babybear-ner-") as tmp:
+            self.to_disk(tmp)
+            folder = Path(tmp) / CIRCUIT_FOLDER
+            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+            folders = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_dir()]
+        return srsly.msgpack_dumps({"files": files, "folders": folders})
+
+    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "BabybearNER":
+        """Load a circuit from :meth:`to_bytes`: its files are written to a temporary folder and read from there."""
+        try:
+            packed = srsly.msgpack_loads(data)
+            files, folders = packed["files"], packed.get("folders", [])
+        except Exception as err:  # noqa: BLE001 - msgpack raises several kinds on damaged bytes
+            raise ArtifactError(f"babybear_ner: cannot read the circuit from bytes: {type(err).__name__}: {err}") from err
+        self._unpacked = tempfile.TemporaryDirectory(prefix="babybear-ner-")
+        folder = (Path(self._unpacked.name) / CIRCUIT_FOLDER).resolve()
+
+        def inside(name: str) -> Path:
+            target = (folder / name).resolve()
+            if not target.is_relative_to(folder):
+                raise ArtifactError(f"babybear_ner: a file in the bytes points outside the circuit folder: {name!r}")
+            return target
+
+        for name in folders:
+            inside(name).mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            target = inside(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        return self.from_disk(self._unpacked.name)
 
 
 def _load(folder: Path) -> Circuit:

@@ -137,6 +137,22 @@ def test_to_disk_saves_the_circuit_in_memory_with_its_new_thresholds(circuit_dir
     assert spacy.load(tmp_path / "pipeline")(TEXTS[0])._.babybear["node"] == "mama"
 
 
+def test_to_bytes_carries_the_circuit(circuit_dir):
+    import srsly
+
+    nlp = blank(circuit_dir)
+    nlp.get_pipe("babybear_ner").circuit.set_thresholds({("memo", "mama"): 1.0})
+    data = nlp.to_bytes()
+    other = spacy.blank("en")
+    other.add_pipe("babybear_ner", config={"circuit": None})
+    other.from_bytes(data)
+    assert other.get_pipe("babybear_ner").circuit == nlp.get_pipe("babybear_ner").circuit
+    assert ents(other(TEXTS[0])) == ents(nlp(TEXTS[0])) and other(TEXTS[0])._.babybear["node"] == "mama"
+    evil = srsly.msgpack_dumps({"files": {"../../escaped.txt": b"x"}})
+    with pytest.raises(ArtifactError, match="points outside the circuit folder"):
+        BabybearNER(other.vocab, "babybear_ner", None).from_bytes(evil)
+
+
 @pytest.mark.parametrize(
     "damage, named",
     [
