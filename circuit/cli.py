@@ -17,19 +17,19 @@ from typing import Any
 
 from .errors import BabybearError
 from .graph import Circuit
-from .records import parse_line
+from .records import parse_line, text_lines
 from .types import Span
 
 STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
 
 
 def _read_lines(path: str) -> list[str]:
-    """The file's lines, split as ``run`` splits its input (at newlines only, not at form feeds and the like)."""
+    """The file's lines, read as ``run`` reads its input (:func:`circuit.records.text_lines`)."""
     file = Path(path)
     if not file.is_file():
         raise BabybearError(f"corpus file not found: {path}")
-    with file.open(encoding="utf-8", errors="replace") as lines:
-        return [line.rstrip("\n") for line in lines]
+    with file.open("rb") as data:
+        return list(text_lines(data))
 
 
 def _read_texts(path: str) -> list[str]:
@@ -46,7 +46,7 @@ def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     """Rows of JSONL (``{"id", "text"}``) or plain lines, read as the Ray engine reads them; a row without an id
     is named by its line number (from 1), and a bad row carries an error naming the line."""
     for n, line in enumerate(lines, 1):
-        row = parse_line(line.rstrip("\n"))
+        row = parse_line(line)
         record: dict[str, Any] = {"id": str(n) if row["id"] is None else row["id"], "text": row["text"]}
         if row["error"]:
             record["error"] = f"line {n}: {row['error']}"
@@ -74,16 +74,17 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     circuit = Circuit.load(args.dir)
     with contextlib.ExitStack() as files:
-        source = files.enter_context(open(args.input, encoding="utf-8", errors="replace")) if args.input else sys.stdin
-        sink = files.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+        # bytes both ways: UTF-8 whatever the locale, the same from a file as from stdin
+        source = files.enter_context(open(args.input, "rb")) if args.input else sys.stdin.buffer
+        sink = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
         # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
-        for_texts, for_ids, for_output = itertools.tee(_records(source), 3)
+        for_texts, for_ids, for_output = itertools.tee(_records(text_lines(source)), 3)
         texts, ids = (r["text"] for r in for_texts), (r["id"] for r in for_ids)
         for answer, record in zip(circuit.stream(texts, ids, chunk=STREAM_CHUNK), for_output):
             out = answer.to_dict()
             if "error" in record:
                 out["error"] = record["error"]
-            sink.write(json.dumps(out, ensure_ascii=False) + "\n")
+            sink.write(f"{json.dumps(out, ensure_ascii=False)}\n".encode())
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ so workers need babybear installed but not the circuit folder.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BabybearError, NodeError
 from .graph import Circuit
 from .node import Node
-from .records import parse_line, record
+from .records import parse_line, record, text_lines
 from .scheduler import Scheduler, text_answer
 from .text import split_text
 from .types import Answer, Prediction, Span
@@ -50,6 +51,11 @@ def _require_ray() -> None:
 
 
 # -- input rows ----------------------------------------------------------------------------------------------
+def _file_lines(file: dict[str, Any]) -> list[dict[str, str]]:
+    """The lines of one file (a ``read_binary_files`` row), split as ``babybear run`` splits its input."""
+    return [{"text": line} for line in text_lines(io.BytesIO(file["bytes"]))]
+
+
 def _rows_from_batch(batch: pa.Table, lines: bool) -> list[dict[str, Any]]:
     if lines:
         return [parse_line(line) for line in batch.column("text").to_pylist()]
@@ -236,7 +242,7 @@ def _dataset(source: str | Path | ray.data.Dataset) -> tuple[ray.data.Dataset, b
         raise BabybearError(f"input not found: {path}")
     if uri.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
         return ray.data.read_parquet(uri), False
-    return ray.data.read_text(uri, drop_empty_lines=False), True
+    return ray.data.read_binary_files(uri).flat_map(_file_lines), True
 
 
 def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:

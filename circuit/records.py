@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 NOT_TEXT = "field 'text' is missing or not a string"
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only a lone half can be left in a str: a JSON pair decodes to one character
+
+
+def text_lines(data: Iterable[bytes]) -> Iterator[str]:
+    """The lines of UTF-8 ``data``, a binary file or stream (which splits at ``\\n`` only, not at ``\\r``, form
+    feeds and the like), without their ``\\n`` and one ``\\r`` before it; a leading BOM is dropped and bytes that
+    are not UTF-8 read as U+FFFD."""
+    for n, raw in enumerate(data):
+        line = raw.decode("utf-8-sig" if n == 0 else "utf-8", errors="replace").removesuffix("\n")
+        yield line.removesuffix("\r")
 
 
 def parse_line(line: str) -> dict[str, Any]:

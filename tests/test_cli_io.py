@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from circuit.cli import main
-from circuit.records import record
+from circuit.records import record, text_lines
 from tests.conftest import FIXTURES, synthetic_texts
 
 
@@ -38,3 +40,53 @@ def test_a_row_with_a_lone_surrogate_is_answered_and_so_are_the_rows_after_it(fo
     assert [r["id"] for r in rows] == ["s", "e", "3"]
     assert rows[0]["text"] == "x \ufffd met Alice" and [(e["start"], e["end"]) for e in rows[0]["entities"]] == [(8, 13)]
     assert rows[1]["text"] == "\U0001f600 Bob"  # a pair of escapes is one character, not two lone halves
+
+
+# every line break but "\n" (and one "\r" before it) stays inside its line; a lone "\r" too
+BREAKS = "one\x0btwo\x0cthree\x1cfour\x1d\x1efive\x85six\u2028seven\rhalf\r\nnext\n"
+
+
+def test_lines_split_at_newlines_only_with_a_bom_dropped_and_bad_bytes_replaced():
+    data = b"\xef\xbb\xbf" + BREAKS.encode() + b"bad \xff\xfe end\r\n\nlast\r"
+    lines = ["one\x0btwo\x0cthree\x1cfour\x1d\x1efive\x85six\u2028seven\rhalf", "next", "bad \ufffd\ufffd end", "", "last"]
+    assert list(text_lines(io.BytesIO(data))) == lines
+
+
+def run_stdin(monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture, folder: Path, data: bytes) -> bytes:
+    """``babybear run`` with ``data`` on stdin (as Python opens it: locale encoding, surrogateescape); its stdout."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape"))
+    assert main(["run", str(folder)]) == 0
+    return capsysbinary.readouterr().out
+
+
+def test_stdin_is_read_as_utf_8_with_replacement_like_an_input_file(folder, tmp_path, monkeypatch, capsysbinary):
+    data = b'\xef\xbb\xbf{"id": "a", "text": "yesterday Alice met Bob"}\nbad \xff\xfe met Alice\r\n' + BREAKS.encode()
+    out = run_stdin(monkeypatch, capsysbinary, folder, data)
+    rows = [json.loads(line) for line in out.decode("utf-8").split("\n")[:-1]]
+    assert [(r["id"], r["text"]) for r in rows[:2]] == [("a", "yesterday Alice met Bob"), ("2", "bad \ufffd\ufffd met Alice")]
+    assert len(rows) == 4 and not any("error" in r for r in rows)
+    assert run_file(folder, tmp_path, data) == rows
+    assert (tmp_path / "out.jsonl").read_bytes() == out
+
+
+def register_toy_nodes() -> None:
+    """Ray worker setup hook: the toy node types live in the tests, not in an installed package."""
+    import tests.conftest  # noqa: F401
+
+
+@pytest.mark.slow
+def test_the_ray_engine_reads_lines_as_run_does(folder, tmp_path):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from circuit.ray_engine import run_dataset
+
+    data = b'\xef\xbb\xbf{"id": "a", "text": "x \\ud800 met Alice"}\n' + BREAKS.encode() + b"bad \xff met Bob\r\n\nlast"
+    assert len(run_file(folder, tmp_path, data)) == 6
+    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}, "worker_process_setup_hook": f"{__name__}.register_toy_nodes"}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=env)
+    try:
+        summary = run_dataset(folder, tmp_path / "in.txt", tmp_path / "ray.jsonl")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
+    assert summary["rows"] == 6 and summary["errors"] == 0
