@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -69,6 +70,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.input and args.output and Path(args.input).exists() and Path(args.output).exists() and os.path.samefile(args.input, args.output):
+        raise BabybearError(f"--output {args.output} is the --input file: writing the answers would empty it before it is read")
     if args.engine == "ray":
         _run_on_ray(args)
         return

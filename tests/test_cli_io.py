@@ -90,3 +90,12 @@ def test_the_ray_engine_reads_lines_as_run_does(folder, tmp_path):
         ray.shutdown()
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "out.jsonl").read_bytes()
     assert summary["rows"] == 6 and summary["errors"] == 0
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_run_refuses_to_write_over_its_input(folder, tmp_path, capsys, engine):
+    (tmp_path / "in.txt").write_text("yesterday Alice met Bob\n", encoding="utf-8")
+    assert main(["run", str(folder), "--engine", engine, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "." / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("babybear: error: --output") and "is the --input file" in err and err.count("\n") == 1
+    assert (tmp_path / "in.txt").read_text(encoding="utf-8") == "yesterday Alice met Bob\n"
