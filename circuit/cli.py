@@ -54,6 +54,17 @@ def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield record
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return n
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     circuit = Circuit.from_yaml(args.circuit)
     if args.budget is not None:
@@ -265,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="UTF-8 text, one text per line, or JSONL {\"id\", \"text\"} rows (as run reads them)")
     p.add_argument("--out", required=True, help="folder for the fitted circuit")
     p.add_argument("--budget", type=float, help="override budget.min_entity_f1")
-    p.add_argument("--limit", type=int, help="use only the first N lines")
+    p.add_argument("--limit", type=positive_int, help="use only the first N lines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fit)
@@ -282,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--corpus", help="UTF-8 text, one text per line, or JSONL {\"id\", \"text\"} rows (as run reads them)")
     p.add_argument("--gold", help="JSONL {text, entities}: also score both against gold")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=positive_int, help="use only the first N texts")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_eval)
 

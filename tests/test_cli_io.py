@@ -99,3 +99,12 @@ def test_run_refuses_to_write_over_its_input(folder, tmp_path, capsys, engine):
     err = capsys.readouterr().err
     assert err.startswith("babybear: error: --output") and "is the --input file" in err and err.count("\n") == 1
     assert (tmp_path / "in.txt").read_text(encoding="utf-8") == "yesterday Alice met Bob\n"
+
+
+@pytest.mark.parametrize("command", [["fit", "x.yaml", "--corpus", "c.txt", "--out", "y"], ["eval", "x", "--corpus", "c.txt"]])
+@pytest.mark.parametrize("limit", ["0", "-3", "two"])
+def test_limit_must_be_a_whole_number_of_at_least_one(capsys, command, limit):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--limit", limit])
+    assert exit_.value.code == 2
+    assert f"argument --limit: expected a whole number >= 1, got {limit!r}" in capsys.readouterr().err
