@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BabybearError
+from .errors import BabybearError, CircuitValidationError
 from .graph import Circuit
 from .records import parse_line, text_lines
 from .types import Span
@@ -208,10 +208,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from .audit import load_run
 
     circuit = Circuit.load(args.dir)
-    if args.confidence is not None:
-        circuit.budget = circuit.budget.model_copy(update={"confidence": args.confidence})
     run = load_run(args.audit, circuit) if args.audit else None
-    circuit.tune(args.budget, method=args.method, run=run, costs=parse_costs(args.cost), bound=args.bound)
+    try:  # a bad new budget is refused before anything changes
+        circuit.tune(args.budget, method=args.method, run=run, costs=parse_costs(args.cost), bound=args.bound, confidence=args.confidence)
+    except CircuitValidationError as err:
+        flags = {"budget.min_entity_f1": "--budget", "budget.confidence": "--confidence"}
+        raise BabybearError("; ".join(f"{flags[p.location]}: {p.location} {p.message}" if p.location in flags else str(p) for p in err.problems)) from None
     circuit.save(args.dir)
     tuning = circuit.report_["tuning"]
     source = f"audit {args.audit}" if args.audit else "the held-out tuning split"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from circuit import Circuit
 from circuit.cli import main
 from circuit.records import record, text_lines
 from tests.conftest import FIXTURES, synthetic_texts
@@ -108,3 +110,19 @@ def test_limit_must_be_a_whole_number_of_at_least_one(capsys, command, limit):
         main([*command, "--limit", limit])
     assert exit_.value.code == 2
     assert f"argument --limit: expected a whole number >= 1, got {limit!r}" in capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [("--confidence", "0", "budget.confidence"), ("--budget", "1.5", "budget.min_entity_f1")])
+def test_tune_with_a_bad_budget_is_a_one_line_error_naming_the_flag_and_leaves_the_folder(folder, tmp_path, capsys, flag, value, field):
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    before = snapshot(copy)
+    assert main(["tune", str(copy), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"babybear: error: {flag}: {field} must be") and err.count("\n") == 1
+    assert snapshot(copy) == before
+    assert main(["tune", str(copy), "--confidence", "0.8"]) == 0
+    assert Circuit.load(copy).budget.confidence == 0.8
