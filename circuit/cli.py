@@ -111,15 +111,22 @@ def _run_on_ray(args: argparse.Namespace) -> None:
 
 
 def _read_gold(path: str) -> tuple[list[str], list[list[Span]]]:
-    """JSONL of ``{"text", "entities": [{"start", "end", "label"}]}`` (as ``babybear corpus wnut`` writes it)."""
+    """JSONL of ``{"text", "entities": [{"start", "end", "label"}]}`` (as ``babybear corpus wnut`` writes it); every
+    entity must lie inside its text."""
     texts, gold = [], []
     for n, line in enumerate(_read_lines(path), 1):
         try:
             row = json.loads(line)
-            texts.append(row["text"])
-            gold.append([Span(e["start"], e["end"], e["label"]) for e in row["entities"]])
+            text, spans = row["text"], [Span(e["start"], e["end"], e["label"]) for e in row["entities"]]
+            if not isinstance(text, str):
+                raise TypeError("text is not a string")
         except (ValueError, KeyError, TypeError) as err:
             raise BabybearError(f"{path}, line {n}: expected {{\"text\", \"entities\": [{{\"start\", \"end\", \"label\"}}]}} ({err})") from err
+        for s in spans:
+            if not (type(s.start) is int and type(s.end) is int and 0 <= s.start < s.end <= len(text)):
+                raise BabybearError(f"{path}, line {n}: entity {s.start!r}..{s.end!r} {s.label!r} is not inside the text (need whole numbers 0 <= start < end <= {len(text)})")
+        texts.append(text)
+        gold.append(spans)
     return texts, gold
 
 

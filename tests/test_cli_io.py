@@ -126,3 +126,13 @@ def test_tune_with_a_bad_budget_is_a_one_line_error_naming_the_flag_and_leaves_t
     assert snapshot(copy) == before
     assert main(["tune", str(copy), "--confidence", "0.8"]) == 0
     assert Circuit.load(copy).budget.confidence == 0.8
+
+
+@pytest.mark.parametrize(("entity", "shown"), [((3, 40), "3..40"), ((4, 4), "4..4"), ((-1, 2), "-1..2"), (("0", 2), "'0'..2")])
+def test_a_gold_entity_outside_its_text_is_an_error_naming_the_line(folder, tmp_path, capsys, entity, shown):
+    gold = tmp_path / "g.jsonl"
+    rows = [{"text": "yesterday Alice met Bob", "entities": []}, {"text": "Short.", "entities": [{"start": entity[0], "end": entity[1], "label": "ORG"}]}]
+    gold.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    assert main(["eval", str(folder), "--gold", str(gold)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"babybear: error: {gold}, line 2: entity {shown} 'ORG' is not inside the text") and err.count("\n") == 1
