@@ -130,11 +130,28 @@ def _read_gold(path: str) -> tuple[list[str], list[list[Span]]]:
     return texts, gold
 
 
+def _warn_if_no_gold_label_is_the_circuits(circuit: Circuit, gold: list[list[Span]]) -> None:
+    """Scoring against gold counts exact labels: warn when no gold label is among those of the mamabear's answers
+    on the held-out texts (e.g. WNUT's person, geo-loc, ... against OntoNotes' PERSON, GPE, ...)."""
+    if circuit.cache_ is None:
+        return
+    ours = {s.label for p in circuit.cache_.preds[circuit.mamabear] for s in p.spans}
+    theirs = {s.label for spans in gold for s in spans}
+    if ours and theirs and not ours & theirs:
+        print(
+            f"babybear: warning: none of the gold labels ({', '.join(sorted(theirs))}) is among the circuit's ({', '.join(sorted(ours))}; "
+            "its mamabear's answers at warm-up), so entity-F1 vs gold is 0: map the gold labels to the circuit's first",
+            file=sys.stderr,
+        )
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     if bool(args.corpus) == bool(args.gold):
         raise BabybearError("eval needs either --corpus (plain texts) or --gold (texts with gold entities)")
     circuit = Circuit.load(args.dir)
     texts, gold = _read_gold(args.gold) if args.gold else (_read_texts(args.corpus), None)
+    if gold is not None:
+        _warn_if_no_gold_label_is_the_circuits(circuit, gold)
     if args.limit:
         texts, gold = texts[: args.limit], gold[: args.limit] if gold else None
     report = circuit.evaluate(texts, gold, progress=not args.json)

@@ -136,3 +136,14 @@ def test_a_gold_entity_outside_its_text_is_an_error_naming_the_line(folder, tmp_
     assert main(["eval", str(folder), "--gold", str(gold)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"babybear: error: {gold}, line 2: entity {shown} 'ORG' is not inside the text") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("label", "warned"), [("person", True), ("ENT", False)])
+def test_eval_warns_when_no_gold_label_is_one_of_the_circuits(folder, tmp_path, capsys, label, warned):
+    gold = tmp_path / "g.jsonl"
+    gold.write_text(json.dumps({"text": "yesterday Alice met Bob", "entities": [{"start": 10, "end": 15, "label": label}]}) + "\n", encoding="utf-8")
+    assert main(["eval", str(folder), "--gold", str(gold), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["texts"] == 1
+    warning = "babybear: warning: none of the gold labels (person) is among the circuit's (ENT, NUM"
+    assert (warning in err) == warned
