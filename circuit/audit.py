@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BabybearError
+from .errors import ArtifactError, BabybearError
 from .graph import Circuit, _load_cache, _save_cache
 from .metrics import f1, span_counts
 from .routing import CachedRun
@@ -147,4 +147,11 @@ class Audit:
 
 def load_run(path: str | Path, circuit: Circuit) -> CachedRun:
     """The CachedRun of an audit saved by :meth:`Audit.save`, scored by ``circuit``'s gates."""
-    return _load_cache(Path(path), circuit)[1]
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"audit file {path}: not found (Audit.save writes one)")
+    try:
+        return _load_cache(path, circuit)[1]
+    except ArtifactError as err:  # it speaks of the held-out cache, whose format an audit shares
+        detail = f"cannot read it: {err.__cause__}" if err.__cause__ else str(err).removeprefix(f"{path}: ")
+        raise ArtifactError(f"audit file {path}: {detail}") from err

@@ -147,3 +147,12 @@ def test_eval_warns_when_no_gold_label_is_one_of_the_circuits(folder, tmp_path, 
     assert json.loads(out)["texts"] == 1
     warning = "babybear: warning: none of the gold labels (person) is among the circuit's (ENT, NUM"
     assert (warning in err) == warned
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "not found"), ("{}", "cannot read it: 'preds'")])
+def test_a_missing_or_damaged_audit_file_is_named_as_an_audit(folder, tmp_path, capsys, content, message):
+    audit = tmp_path / "audit.json"
+    if content is not None:
+        audit.write_text(content, encoding="utf-8")
+    assert main(["tune", str(folder), "--audit", str(audit)]) == 2
+    assert capsys.readouterr().err.startswith(f"babybear: error: audit file {audit}: {message}")
