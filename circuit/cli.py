@@ -262,7 +262,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     override = circuit.report_.get("cost_override") or {}
     unit = "price per token (cost_override)" if override else "seconds per token"
     tuned_cost = replace(run, costs={**run.costs, **override}).evaluate(thresholds)["cost_per_token"]
-    result = circuit.report_.get("optimizer") or optimize(run, circuit.budget, method="per_edge").to_dict()
+    # the stored frontier is of the run tuned on: shown beside the held-out figures only if that run was the held-out one
+    tuned_on = circuit.report_.get("tuned_on") or {}
+    stored = circuit.report_.get("optimizer") if tuned_on.get("source") == "held-out tuning split" else None
+    result = stored or optimize(run, circuit.budget, method="per_edge").to_dict()
     answered = now["answered"]
     mama = run.topology.mamabear
     tag = plots.price_tag(now["cost_per_token"], run.costs.get(mama, 0.0), now["mamabear_calls_avoided"], float(run.tokens.mean()), args.price_per_hour, args.watts)
@@ -270,6 +273,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("thresholds:")
     for (s, t), v in thresholds.items():
         print(f"  {s}->{t}: {v:.6f}")
+    if tuned_on.get("source") == "given run":
+        print(f"the thresholds were tuned on another run ({tuned_on['texts']} texts, e.g. tune --audit); below, the held-out tuning split")
     print(f"on the tuning split ({run.n} texts): entity-F1 {now['f1']:.4f}, mamabear calls avoided {now['mamabear_calls_avoided']:.1%}")
     print("answered: " + ", ".join(f"{n} {v:.1%}" for n, v in answered.items()))
     near = [p for p in result["frontier"] if p["f1"] >= circuit.budget.min_entity_f1 - 0.05]

@@ -156,3 +156,28 @@ def test_a_missing_or_damaged_audit_file_is_named_as_an_audit(folder, tmp_path, 
         audit.write_text(content, encoding="utf-8")
     assert main(["tune", str(folder), "--audit", str(audit)]) == 2
     assert capsys.readouterr().err.startswith(f"babybear: error: audit file {audit}: {message}")
+
+
+def test_report_after_tuning_on_an_audit_shows_the_held_out_frontier_and_says_where_it_was_tuned(folder, tmp_path, capsys, monkeypatch):
+    import circuit.optimizer
+    from circuit.audit import Audit
+
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    audit = Audit(Circuit.load(copy), fraction=1.0)
+    audit(synthetic_texts(150, seed=3))
+    audit.flush()
+    audit.save(tmp_path / "audit.json")
+    optimized = []
+    optimize = circuit.optimizer.optimize
+    monkeypatch.setattr(circuit.optimizer, "optimize", lambda run, *a, **k: optimized.append(run.n) or optimize(run, *a, **k))
+
+    assert main(["report", str(copy), "--out", str(tmp_path / "plots")]) == 0
+    assert optimized == [] and "tuned on another run" not in capsys.readouterr().out  # fit stored the held-out frontier
+    assert main(["tune", str(copy), "--audit", str(tmp_path / "audit.json")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(copy), "--out", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    loaded = Circuit.load(copy)
+    held_out = loaded.cache_.n - loaded.n_calibration_
+    assert optimized == [held_out] != [len(audit.texts)] and f"on the tuning split ({held_out} texts)" in out
+    assert f"the thresholds were tuned on another run ({len(audit.texts)} texts" in out
