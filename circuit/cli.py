@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except BabybearError as err:
         print(f"babybear: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`babybear report DIR | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that flushing at exit cannot fail again
+        return 141
     except OSError as err:  # a file the command was pointed at cannot be read or written
         where = f"{err.filename}: " if err.filename else ""
         print(f"babybear: error: {where}{err.strerror or err}", file=sys.stderr)

@@ -181,3 +181,16 @@ def test_report_after_tuning_on_an_audit_shows_the_held_out_frontier_and_says_wh
     held_out = loaded.cache_.n - loaded.n_calibration_
     assert optimized == [held_out] != [len(audit.texts)] and f"on the tuning split ({held_out} texts)" in out
     assert f"the thresholds were tuned on another run ({len(audit.texts)} texts" in out
+
+
+def test_a_reader_that_goes_away_ends_run_quietly(folder, tmp_path):
+    import subprocess
+
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(synthetic_texts(3000)), encoding="utf-8")
+    code = f"import sys, tests.conftest; from circuit.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(inp)!r}]))"
+    cmd = [sys.executable, "-c", code]  # tests.conftest registers the fake nodes in that process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    proc.stdout.close()  # as `| head` does once it has what it wants
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err
