@@ -292,7 +292,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     files = [
         plots.frontier(result["frontier"], chosen, circuit.budget.min_entity_f1, out / "frontier.png", cost_label=unit),
         plots.answered(answered, out / "answered.png"),
-        plots.calibration({f"{s}->{t}": run.calibration((s, t)) for s, t in circuit.graph.edges}, out / "calibration.png"),
+        plots.calibration({f"{s}->{t}": run.calibration((s, t)) for s, t in circuit.graph.edges}, out / "calibration.png", f"on the {run.n} tuning texts (the gates learned on others)"),
         plots.price(tag, out / "price.png"),
     ]
     print("wrote " + ", ".join(str(f) for f in files))

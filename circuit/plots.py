@@ -68,7 +68,7 @@ def answered(per_node: Mapping[str, float], path: Path) -> Path:
     return _save(fig, path)
 
 
-def calibration(gates: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+def calibration(gates: Mapping[str, Mapping[str, Any]], path: Path, title: str | None = None) -> Path:
     """Reliability curve of every gate from calibration bins (confidence vs observed agreement), e.g. on the
     tuning rows, which the gates did not learn from."""
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -80,6 +80,8 @@ def calibration(gates: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
         ax.plot([b["confidence"] for b in bins], [b["observed"] for b in bins], "o-", ms=4, label=label)
     ax.set_xlabel("gate P(agree)")
     ax.set_ylabel("observed agreement")
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
