@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +24,34 @@ from circuit.node import Node
 from circuit.node import Params as NodeParams
 from circuit.types import Prediction, Span
 
-from ._tokens import Token, tokenize
+from ._tokens import _MARKS, Token, tokenize
 
 GATE_FILE = "learned_gate.json"
 _SENTENCE_END = frozenset(".!?")
+_WORD_CHAR = rf"[\w{_MARKS}]"  # a letter, digit or combining mark: what a whole keyword must not touch
+# scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no boundary there
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+
+
+def keyword_regexes(words: Sequence[str], flags: int = 0) -> list[re.Pattern[str]]:
+    """Regexes matching ``words`` as whole words, longest first at one position, in NFC and NFD forms.
+
+    A keyword may not touch a letter, digit or combining mark, except on a side where it ends in a script
+    written without spaces (``東京`` is found in ``東京に行く``).
+    """
+    groups: dict[tuple[bool, bool], set[str]] = {}
+    for word in words:
+        for form in {unicodedata.normalize("NFC", word), unicodedata.normalize("NFD", word)} - {""}:
+            sides = (not _UNSPACED.match(form[0]), not _UNSPACED.match(form[-1]))
+            groups.setdefault(sides, set()).add(form)
+    out = []
+    for (before, after), forms in sorted(groups.items()):
+        alternatives = "|".join(re.escape(w) for w in sorted(forms, key=lambda w: (-len(w), w)))
+        lookbehind, lookahead = f"(?<!{_WORD_CHAR})" * before, f"(?!{_WORD_CHAR})" * after
+        out.append(re.compile(f"{lookbehind}(?:{alternatives}){lookahead}", flags))
+    return out
 
 
 def surface_cues(tokens: Sequence[Token]) -> dict[str, float]:
@@ -71,7 +96,7 @@ class Pattern(BaseModel):
 
 
 class KeywordGate(Node):
-    """User-written rules: regex ``patterns`` and per-label ``keywords`` (matched as whole words).
+    """User-written rules: regex ``patterns`` and per-label ``keywords`` (whole words, see :func:`keyword_regexes`).
 
     Answers the matched spans, non-overlapping, leftmost-longest over all rules; with no rules it answers no
     entities. Evidence: ``n_matches`` plus the :func:`surface_cues` counts.
@@ -87,10 +112,7 @@ class KeywordGate(Node):
         flags = 0 if self.params.case_sensitive else re.IGNORECASE
         self._rules: list[tuple[re.Pattern[str], str]] = [(re.compile(p.regex), p.label) for p in self.params.patterns]
         for label, words in self.params.keywords.items():
-            # longest first, so that at one position the longest keyword wins
-            alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True) if w)
-            if alternatives:
-                self._rules.append((re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", flags), label))
+            self._rules += [(rx, label) for rx in keyword_regexes(words, flags)]
 
     def matches(self, text: str) -> list[Span]:
         """Non-overlapping rule matches in ``text``: leftmost first, then longest; empty matches are ignored."""

@@ -106,3 +106,15 @@ def test_learned_gate_fails_clearly(tmp_path):
     (tmp_path / "learned_gate.json").write_text("{}")
     with pytest.raises(ArtifactError, match="cannot load the learned gate"):
         LearnedKeywordGate().from_disk(tmp_path)
+
+
+def test_keywords_are_whole_words_with_their_combining_marks_and_in_either_normal_form():
+    gate = KeywordGate(keywords={"PLACE": ["cafe", "Zürich"]})
+    decomposed = "Zu\u0308rich and cafe\u0301 and Zürich"  # "cafe" + accent is the word "café", not "cafe"
+    assert [decomposed[s.start : s.end] for s in gate.matches(decomposed)] == ["Zu\u0308rich", "Zürich"]
+    assert gate.matches("e\u0301cafe") == []  # a mark before the keyword belongs to the word it is in
+
+
+def test_keywords_in_scripts_without_spaces_are_found_inside_running_text():
+    gate = KeywordGate(keywords={"GPE": ["東京", "Tokyo"]})
+    assert gate.matches("東京に行く。Tokyoites") == [Span(0, 2, "GPE")]
