@@ -256,13 +256,14 @@ class CRFTagger(Node):
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:
-        """Write ``model.crfsuite`` (crfsuite's own format), ``crf.json`` (params and labels) and ``vocab.json``
-        (the sorted training words)."""
+        """Write ``model.crfsuite`` (crfsuite's own format), ``crf.json`` (params and labels) and, in format 2,
+        ``vocab.json`` (the sorted training words)."""
         if self.model_ is None:
             raise NotFittedError("CRFTagger is not fitted: nothing to save")
         path = Path(path)
         (path / MODEL_FILE).write_bytes(self.model_)
-        meta = {"format": 2, "params": self.params.model_dump(), "labels": self.labels_}
+        # a model loaded from a format-1 folder has no vocabulary to save: it stays format 1
+        meta = {"format": 1 if self.vocab_ is None else 2, "params": self.params.model_dump(), "labels": self.labels_}
         (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if self.vocab_ is not None:
             (path / VOCAB_FILE).write_text(json.dumps(sorted(self.vocab_), ensure_ascii=False), encoding="utf-8")

@@ -145,8 +145,13 @@ def test_a_format_1_model_without_a_vocabulary_loads_but_a_format_2_one_must_hav
     meta = json.loads((tmp_path / "crf.json").read_text())
     (tmp_path / "crf.json").write_text(json.dumps({**meta, "format": 1}))  # as format 1 saved it
     text = "The dollar Zorblax has hit quuxington"
-    (old,) = CRFTagger().from_disk(tmp_path).predict_batch([text])
+    loaded = CRFTagger().from_disk(tmp_path)
+    (old,) = loaded.predict_batch([text])
     assert old.spans == crf.predict_batch([text])[0].spans and old.evidence["n_unseen"] == 0
+    (tmp_path / "again").mkdir()
+    loaded.to_disk(tmp_path / "again")  # saved again, it is still a format-1 folder that loads
+    assert json.loads((tmp_path / "again" / "crf.json").read_text())["format"] == 1
+    assert CRFTagger().from_disk(tmp_path / "again").predict_batch([text]) == [old]
 
 
 def test_batch_size_and_threads_do_not_change_answers(crf, labelled_bbc):
