@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from circuit.records import clean_text
 from circuit.types import Prediction, Span
 
 if TYPE_CHECKING:
@@ -236,7 +237,8 @@ def classify(
     ``batch_size``, padded to the longest in each batch (:func:`run_windowed`). Decoding is :func:`decode`.
     """
     prefix, suffix = special_tokens(tokenizer)
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    # a lone surrogate, which the tokenizer refuses, becomes U+FFFD (same length: offsets keep)
+    encodings = tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
 
     def run(batch: Sequence[Window]) -> list[np.ndarray]:
         width = len(prefix) + max(e - s for _, s, e in batch) + len(suffix)

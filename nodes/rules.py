@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node
 from circuit.node import Params as NodeParams
+from circuit.records import clean_text
 from circuit.types import Prediction, Span
 
 from ._tokens import _MARKS, Token, tokenize
@@ -187,7 +188,8 @@ class LearnedKeywordGate(Node):
         return self
 
     def _features(self, texts: Sequence[str]) -> csr_matrix:
-        return self._hasher.transform(_hashed_cues(tokenize(t)) for t in texts)
+        # a lone surrogate, which the hasher cannot encode, becomes U+FFFD
+        return self._hasher.transform(_hashed_cues(tokenize(clean_text(t))) for t in texts)
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
         if self.coef_ is None:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.types import Prediction
 from nodes._align import bio_transitions, classify, decode, stitch, token_windows, untruncated, viterbi
 
 ID2LABEL = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
@@ -169,3 +170,11 @@ def test_untruncated_turns_off_the_tokenizers_own_truncation_and_padding(tokeniz
     assert untruncated(tokenizer) is tokenizer  # the nodes share one tokenizer object with what they load
     assert len(tokenizer.encode(text).ids) == n_tokens > 8
     assert tokenizer.truncation is None and tokenizer.padding is None
+
+
+def test_classify_takes_a_lone_surrogate_as_one_unknown_character(tokenizer) -> None:
+    def run(text: str) -> Prediction:
+        (pred,) = classify(tokenizer, [text], _context_free_logits, ID2LABEL, max_length=32, overlap=8, batch_size=4)
+        return pred
+
+    assert run("Anna \ud800 went to Oslo") == run("Anna \ufffd went to Oslo")  # offsets on the text as given

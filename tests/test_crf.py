@@ -183,3 +183,11 @@ def test_training_shows_a_bar_only_on_a_terminal(monkeypatch):
         monkeypatch.setattr("nodes.crf.console", Console(file=out, force_terminal=terminal))
         CRFTagger(max_iterations=5).fit(texts, refs)
         assert ("crf on 20 texts, loss" in out.getvalue()) is terminal
+
+
+def test_a_lone_surrogate_is_one_unknown_character(tmp_path):
+    text, ref = "Tony \ud800 Blair", Prediction((Span(0, 4, "PERSON"), Span(7, 12, "PERSON")))
+    crf = CRFTagger(max_iterations=5).fit([text, "The cat sat."], [ref, Prediction()])
+    assert crf.predict_batch([text]) == crf.predict_batch(["Tony \ufffd Blair"])
+    crf.to_disk(tmp_path)
+    assert "\ufffd" in CRFTagger().from_disk(tmp_path).vocab_

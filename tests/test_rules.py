@@ -118,3 +118,7 @@ def test_keywords_are_whole_words_with_their_combining_marks_and_in_either_norma
 def test_keywords_in_scripts_without_spaces_are_found_inside_running_text():
     gate = KeywordGate(keywords={"GPE": ["東京", "Tokyo"]})
     assert gate.matches("東京に行く。Tokyoites") == [Span(0, 2, "GPE")]
+
+
+def test_learned_gate_takes_a_lone_surrogate_as_one_unknown_character(learned):
+    assert learned.predict_batch(["Tony \ud800 Blair"]) == learned.predict_batch(["Tony \ufffd Blair"])
