@@ -43,16 +43,32 @@ class ONNXTokenClassifier(TokenClassifierNode):
         from tokenizers import Tokenizer
 
         folder = Path(resolve(self.params.model, "onnx"))
-        providers = self.params.providers
-        if providers == "auto":
-            available = onnxruntime.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        providers = self._providers(onnxruntime.get_all_providers(), onnxruntime.get_available_providers())
         self._session = onnxruntime.InferenceSession(str(self._onnx_file(folder)), providers=providers)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         self._set_tokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")), config["id2label"])
         self._input_names = {i.name for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
+
+    def _providers(self, known: list[str], available: list[str]) -> list[str]:
+        """The execution providers to ask for: ``auto`` is CUDA then CPU where available; a listed one that is not
+        available here is left out (onnxruntime would only warn). BabybearError for an unknown name or none left."""
+        if self.params.providers == "auto":
+            return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        unknown = [p for p in self.params.providers if p not in known]
+        if unknown:
+            raise BabybearError(
+                f"unknown onnxruntime execution provider(s) {', '.join(unknown)}; "
+                f"available here: {', '.join(available)}"
+            )
+        usable = [p for p in self.params.providers if p in available]
+        if not usable:
+            raise BabybearError(
+                f"none of the execution providers [{', '.join(self.params.providers)}] is available here; "
+                f"available: {', '.join(available)} (or providers: auto)"
+            )
+        return usable
 
     def _onnx_file(self, folder: Path) -> Path:
         if self.params.file is not None:

@@ -81,3 +81,22 @@ def test_a_missing_model_package_names_the_install_command(monkeypatch: pytest.M
         ONNXTokenClassifier().warm_up()
     with pytest.raises(BabybearError, match="unknown model.*known: en_core_web_md"):
         install_models(["rampart"])
+
+
+@pytest.mark.parametrize(
+    ("providers", "problem"),
+    [
+        (["CUDAExecutionProviderr"], "unknown onnxruntime execution provider.*CUDAExecutionProviderr.*here: .*CPU"),
+        (["CoreMLExecutionProvider"], r"none of the execution providers \[CoreMLExecutionProvider\] is available"),
+        ([], "none of the execution providers"),
+    ],
+)
+def test_providers_that_cannot_run_here_are_named_not_silently_replaced(providers: list[str], problem: str) -> None:
+    with pytest.raises(BabybearError, match=problem):
+        ONNXTokenClassifier(providers=providers).warm_up()
+
+
+def test_a_listed_provider_not_available_here_is_left_out() -> None:
+    node = ONNXTokenClassifier(providers=["CoreMLExecutionProvider", "CPUExecutionProvider"])
+    node.warm_up()
+    assert node._session.get_providers() == ["CPUExecutionProvider"]
