@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
@@ -122,3 +125,15 @@ def test_keywords_in_scripts_without_spaces_are_found_inside_running_text():
 
 def test_learned_gate_takes_a_lone_surrogate_as_one_unknown_character(learned):
     assert learned.predict_batch(["Tony \ud800 Blair"]) == learned.predict_batch(["Tony \ufffd Blair"])
+
+
+def test_pii_circuit_rules_find_whole_phones_not_dates_and_scan_long_runs_in_linear_time():
+    spec = yaml.safe_load((Path(__file__).parents[1] / "circuits" / "pii.yaml").read_text(encoding="utf-8"))
+    gate = KeywordGate(**spec["nodes"]["regex"]["params"])
+    text = "Mail a.b@x.co.uk or call (415) 555-0199 or +44 20 7946 1234, not on 2005-03-22 in 1991-2005."
+    assert [(text[s.start : s.end], s.label) for s in gate.matches(text)] == [
+        ("a.b@x.co.uk", "EMAIL"), ("(415) 555-0199", "PHONE"), ("+44 20 7946 1234", "PHONE"),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    assert gate.matches("a" * 200_000) == []  # each start in the run was a new scan to its end: about a minute
+    assert time.perf_counter() - start < 1
