@@ -14,6 +14,7 @@ from pydantic import Field
 
 from circuit.errors import BabybearError
 from circuit.node import Node, Params
+from circuit.records import clean_text
 from circuit.text import split_text, stitch_spans
 from circuit.types import Prediction, Span
 
@@ -68,8 +69,9 @@ class SpacyNER(Node):
         size = min(self.params.max_chars, self._nlp.max_length)
         overlap = min(_OVERLAP_CHARS, size // 4)
         chunks = [split_text(text, size, overlap) for text in texts]
-        docs = self._nlp.pipe(
-            (text[s:e] for text, cs in zip(texts, chunks) for s, e, _, _ in cs), batch_size=self.params.batch_size
+        docs = self._nlp.pipe(  # a lone surrogate, which spaCy cannot hash, becomes U+FFFD (offsets keep)
+            (clean_text(text[s:e]) for text, cs in zip(texts, chunks) for s, e, _, _ in cs),
+            batch_size=self.params.batch_size,
         )
         labels = set(self.params.labels) if self.params.labels is not None else None
         out = []

@@ -63,3 +63,8 @@ def test_odd_inputs_give_one_prediction_each_in_order(spacy_md: SpacyNER) -> Non
 def test_batch_size_does_not_change_the_answer(spacy_md: SpacyNER) -> None:
     one = variant(spacy_md, batch_size=1).predict_batch(NEWS + ODD_TEXTS[:2])
     assert [p.spans for p in one] == [p.spans for p in spacy_md.predict_batch(NEWS + ODD_TEXTS[:2])]
+
+
+def test_a_lone_surrogate_is_one_unknown_character(spacy_md: SpacyNER) -> None:
+    text = "Tony Blair \ud800 visited London on Monday."
+    assert spacy_md.predict_batch([text]) == spacy_md.predict_batch([text.replace("\ud800", "\ufffd")])
