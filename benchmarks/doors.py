@@ -1,6 +1,7 @@
 """The spaCy and Ray doors against calling the circuit directly, on the same BBC test sentences.
 
-    python benchmarks/doors.py [--circuit DIR] [--texts 1000] [--out benchmarks/results/doors.json]
+    python benchmarks/doors.py [--circuit DIR] [--texts 1000] [--repeats 3] [--batch-size 256] [--ray-cpus 2]
+                               [--skip-ray] [--out benchmarks/results/doors.json]
 
 * spaCy: ``nlp.pipe`` through a blank English pipeline holding ``babybear_ner`` vs ``circuit(texts)``; the
   overhead is the ratio of the best of ``--repeats`` interleaved timings, minus one (goal: at most 10%).

@@ -1,11 +1,17 @@
 """The foundation figure: fit the news circuit on BBC News and measure it on unseen BBC articles.
 
     python benchmarks/news.py --out benchmarks/results/news.json
+    python benchmarks/news.py --circuit circuits/news-student.yaml --fitted trained/news-student \
+        --price rules=0 --price crf=0 --price student=0 --price mamabear=1 --out benchmarks/results/news-student-agree.json
 
-Fits ``circuits/news.yaml`` (learned keyword gate -> CRF -> spaCy en_core_web_md) on the deduplicated BBC train
-sentences (split by article; the fit splits its own warm-up into train / calibration / tuning parts in blocks
-of consecutive sentences), then for each budget re-tunes the thresholds from the cached held-out outputs and
+Fits ``--circuit`` (default ``circuits/news.yaml``: learned keyword gate -> CRF -> spaCy en_core_web_md) into
+``--fitted`` (default ``trained/news``; a folder that already holds a fitted circuit is reused, and the JSON's
+``fit_seconds`` is then null) on the deduplicated BBC train sentences (split by article; the fit splits its
+own warm-up into train / calibration / tuning parts in blocks of consecutive sentences), then for each budget re-tunes the thresholds from the cached held-out outputs and
 runs ``Circuit.evaluate`` on the BBC test sentences: the circuit and the mamabear alone, side by side, same run.
+``--price NODE=PRICE`` also tunes each budget on those prices (``BUDGET-priced`` in the JSON); ``--agree-with
+'SOURCE->TARGET=NODE'`` refits the gates with (or, with an empty NODE, without) the agreement feature;
+``--warmup N`` and ``--test-limit N`` take the first N sentences; ``--budgets`` defaults to 0.99 0.95.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ def _without_bins(report: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--circuit", default="circuits/news.yaml")
+    parser.add_argument("--circuit", default="circuits/news.yaml", help="circuit YAML to fit when --fitted holds none")
     parser.add_argument("--fitted", default="trained/news", help="reuse this fitted folder if it exists, else fit into it")
     parser.add_argument("--warmup", type=int, default=0, help="use only the first N train sentences (0: all)")
     parser.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test sentences (0: all)")
@@ -53,7 +59,7 @@ def main() -> None:
         "folder's cached outputs (no model is re-trained); e.g. --agree-with 'student->mamabear=crf'; an empty "
         "NODE takes the agreement away",
     )
-    parser.add_argument("--out", default="benchmarks/results/news.json")
+    parser.add_argument("--out", default="benchmarks/results/news.json", help="JSON path")
     args = parser.parse_args()
     prices = parse_costs(args.price)
 

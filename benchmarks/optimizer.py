@@ -1,6 +1,9 @@
 """Threshold tuning compared on one fitted circuit: BabyBear's nearest rule, per-edge, and the joint optimizer.
 
     python benchmarks/optimizer.py trained/news --test data/bbc.test.txt --out benchmarks/results
+        [--test-limit 4000] [--eval-limit 1000] [--budgets 0.99 0.95] [--resamples 30] [--audit-fraction 0.2]
+
+Writes ``optimizer.json`` and its PNGs into the ``--out`` folder.
 
 1. Every method at budgets 0.99 and 0.95 on the held-out tuning rows and on BBC test (every node's output on
    the test sentences is cached once and each setting scored exactly by the simulator; each setting is also
@@ -58,13 +61,13 @@ def summary(run: CachedRun, thresholds: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("circuit", help="fitted circuit folder")
-    ap.add_argument("--test", default="data/bbc.test.txt")
+    ap.add_argument("--test", default="data/bbc.test.txt", help="test sentences, one per line")
     ap.add_argument("--test-limit", type=int, default=4000, help="test sentences cached for the simulator")
     ap.add_argument("--eval-limit", type=int, default=1000, help="test sentences run for real per setting")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.99, 0.95])
-    ap.add_argument("--resamples", type=int, default=30)
-    ap.add_argument("--audit-fraction", type=float, default=0.2)
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--resamples", type=int, default=30, help="resamples of the tuning rows for the guarantee")
+    ap.add_argument("--audit-fraction", type=float, default=0.2, help="share of babybear answers audited in the drift run")
+    ap.add_argument("--out", default="benchmarks/results", help="folder for optimizer.json and the PNGs")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

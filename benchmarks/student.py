@@ -8,7 +8,7 @@ article), as in benchmarks/news.py. Writes benchmarks/results/student.json.
 
     python benchmarks/student.py                  # the full run (about 40 minutes on 2 CPU cores)
     python benchmarks/student.py --only 2l_shape --out benchmarks/results/student-2l-decode.json  # one student
-    python benchmarks/student.py --only 6l_shape_all --out benchmarks/results/student-6l-all.json  # about 1 hour
+    python benchmarks/student.py --only 6l_shape_all --out benchmarks/results/student-6l-all.json  # about 1.5 hours
     python benchmarks/student.py --train 300 --ablation-train 200 --test 100 --epochs 1 --out /tmp/student-smoke.json
 """
 
