@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: fit circuits/news.yaml on BBC News (rules -> CRF -> spaCy en_core_web_md) and print the report.
+# The main job: set up, fit circuits/news.yaml on BBC News (rules -> CRF -> spaCy en_core_web_md), then evaluate it
+# on the unseen BBC test articles (calls avoided, entity-F1 vs the mamabear, wall-time ratio, per node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
