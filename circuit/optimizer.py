@@ -262,12 +262,15 @@ def _search(
 
 
 def _t_pvalue(x: np.ndarray) -> float:
-    """One-sided p-value of the null mean(x) < 0 (Student t)."""
+    """One-sided p-value of the null mean(x) < 0 (Student t).
+
+    A sample whose margins are all equal and not positive (typically all 0: no entity of the constraint in it,
+    none predicted) is no evidence against the null: p = 1, as at t <= 0, never 0."""
     if len(x) < 2:
         return 1.0
     sd = x.std(ddof=1)
     if sd == 0:
-        return 0.0 if x.mean() >= 0 else 1.0
+        return 0.0 if x.mean() > 0 else 1.0
     return float(stats.t.sf(x.mean() / (sd / np.sqrt(len(x))), df=len(x) - 1))
 
 

@@ -173,3 +173,28 @@ def test_learn_then_test_never_lands_below_budget_on_its_own_rows_even_when_smal
         run = synthetic_run(160, seed=seed)
         result = optimize(run, Budget(min_entity_f1=target), switch_off=False)
         assert result.chosen.f1 >= target, f"seed {seed}"
+
+
+def test_a_sample_without_entities_is_no_evidence_for_the_budget():
+    """All-zero margins (no entity of the constraint on the test half, none predicted) must not pass the test:
+    before, a zero-variance sample got p = 0 and LTT sent nothing to the mamabear with a lower bound of 1."""
+    from circuit.optimizer import _t_pvalue
+
+    assert _t_pvalue(np.zeros(50)) == 1.0 and _t_pvalue(np.full(50, 0.02)) == 0.0
+    base = synthetic_run(200)
+    empty = CachedRun(base.topology, {k: [Prediction([]) for _ in v] for k, v in base.preds.items()}, base.scores, base.costs, base.tokens)
+    result = optimize(empty, Budget(min_entity_f1=0.99), switch_off=False)
+    assert result.chosen.mamabear_calls_avoided == 0.0 and result.f1_lower_bound < 0.99
+
+
+def test_a_per_label_budget_for_a_label_absent_from_the_test_half_is_not_passed_vacuously():
+    run = synthetic_run(400)
+    perm = np.random.default_rng(0).permutation(run.n)  # optimize's split at seed 0
+    learn = set(perm[: run.n // 2].tolist())
+    def with_rare(preds):  # a RARE entity, found by every node, on some learn-half rows only
+        return [Prediction([*p.spans, Span(500, 504, "RARE")]) if i in learn and i % 7 == 0 else p for i, p in enumerate(preds)]
+
+    preds = {name: with_rare(p) for name, p in run.preds.items()}
+    rare = CachedRun(run.topology, preds, run.scores, run.costs, run.tokens)
+    result = optimize(rare, Budget(min_entity_f1=0.5, per_label={"RARE": 0.99}), switch_off=False)
+    assert result.chosen.mamabear_calls_avoided == 0.0  # nothing on the test half says RARE is found
