@@ -11,7 +11,9 @@ Every answered text is sampled with probability ``fraction``. Texts the mamabear
 (exact, no extra call), so realised F1 = counts of the mamabear's stratum (known) + the babybears' stratum
 estimated from its audited sample (scaled to the stratum's size). The interval is a bootstrap over the
 audited texts at the budget's confidence; the alarm fires when its upper end is below the budget (the drop
-is significant, not noise). The sampled texts of both strata form a uniform sample of the traffic; with
+is significant, not noise) and at least ``MIN_AUDITED`` babybear answers were audited: the percentile bootstrap
+of a handful of texts has (almost) no spread (one text: zero width) and would call any single error
+significant. The sampled texts of both strata form a uniform sample of the traffic; with
 every node's output on them they are a CachedRun that ``Circuit.tune(run=...)`` re-tunes on. Texts longer
 than one routing chunk are answered but not sampled.
 """
@@ -33,6 +35,7 @@ from .text import n_tokens, pieces
 from .types import Answer, Prediction, Span
 
 N_BOOTSTRAP = 1000
+MIN_AUDITED = 20  # audited babybear answers before the alarm may fire (the bootstrap interval is too narrow below)
 
 
 class Audit:
@@ -126,7 +129,7 @@ class Audit:
             "confidence": budget.confidence,
             "budget": budget.min_entity_f1,
             "below_budget": bool(point < budget.min_entity_f1),
-            "alarm": bool(hi < budget.min_entity_f1),
+            "alarm": bool(m >= MIN_AUDITED and hi < budget.min_entity_f1),
         }
 
     def cached_run(self) -> CachedRun:

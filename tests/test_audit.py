@@ -117,3 +117,16 @@ def test_cli_tune_and_report(fitted, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"frontier.png", "answered.png", "calibration.png", "price.png"}
     assert main(["tune", str(tmp_path / "f"), "--budget", "1.5"]) == 2
     assert "min_entity_f1" in capsys.readouterr().err
+
+
+def test_a_handful_of_audited_errors_does_not_raise_the_alarm(fitted, monkeypatch):
+    """One or two audited texts give the bootstrap no spread (one: a zero-width interval): no alarm on them."""
+    from circuit.audit import MIN_AUDITED
+
+    drift(fitted, monkeypatch)
+    audit = Audit(fitted, fraction=1.0, seed=2)
+    audit(synthetic_texts(400, seed=6)[:2])
+    audit.flush()
+    report = audit.report()
+    assert 0 < report["audited"] < MIN_AUDITED and report["below_budget"]
+    assert not report["alarm"]
