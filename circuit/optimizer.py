@@ -333,6 +333,8 @@ def _restore(result: TuneResult, topo: Topology, node: str) -> TuneResult:
     for s, t in topo.edges:
         if s == node:
             thresholds[(s, t)] = 1.0  # not used while node is off; 1.0 sends everyone on if it is switched back on
+        elif t == node and (s, succ) in topo.edges:  # a diamond: bypass kept s's own edge to succ, none via node
+            thresholds[(s, t)] = 0.0
         elif t == node:
             thresholds[(s, t)] = result.chosen.thresholds[(s, succ)]
         else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from circuit import BabybearError, Budget
-from circuit.optimizer import Scorer, optimize
+from circuit.optimizer import Scorer, _optimize_one, _restore, bypass, optimize
 from circuit.routing import CachedRun, Topology
 from circuit.types import Prediction, Span
 
@@ -165,6 +165,21 @@ def test_switching_off_a_node_is_priced_and_taken_when_it_pays():
     if "b" in result.disabled:  # the thresholds are the full circuit's: a -> b carries a -> mama's
         assert result.thresholds[("a", "b")] == off["thresholds"]["a->mama"]
     assert "switch_off" not in full.details
+
+
+def test_a_node_switched_off_in_a_diamond_replays_as_tuned():
+    """a -> b -> mama plus a -> mama: with b off, the chosen thresholds must route as the bypass was priced."""
+    run = synthetic_run(800, chain=("a", "b"))
+    rng = np.random.default_rng(3)
+    edges = [*run.topology.edges, ("a", "mama")]
+    scores = {**run.scores, ("a", "mama"): np.clip(run.scores[("a", "b")] + rng.normal(0, 0.2, run.n), 1e-6, 1 - 1e-6)}
+    run = CachedRun(replace(run.topology, edges=edges), run.preds, scores, run.costs, run.tokens)
+    tuned = _optimize_one(bypass(run, "b"), Budget(min_entity_f1=0.95), method="joint", search="auto", bound="bootstrap", n_candidates=10, seed=0)
+    result = _restore(tuned, run.topology, "b")  # what optimize keeps when switching b off is the cheaper circuit
+    assert result.disabled == frozenset({"b"}) and 0 < result.chosen.mamabear_calls_avoided < 1
+    replayed = run.with_topology(replace(run.topology, disabled=result.disabled)).evaluate(result.thresholds)
+    assert replayed["mamabear_calls_avoided"] == pytest.approx(result.chosen.mamabear_calls_avoided)
+    assert replayed["f1"] == pytest.approx(result.chosen.f1)
 
 
 @pytest.mark.parametrize("target", [0.99, 0.95])
