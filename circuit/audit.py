@@ -45,7 +45,8 @@ class Audit:
         if not 0 < fraction <= 1:
             raise BabybearError(f"audit fraction must be in (0, 1], got {fraction}")
         self.circuit, self.fraction, self.batch_size = circuit, fraction, batch_size
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # which texts are sampled
+        self.seed = seed  # the report's bootstrap draws from its own generator, so reporting never changes sampling
         self.mamabear = circuit.mamabear
         self.queue: list[tuple[str, tuple[Span, ...], str]] = []  # (text, answer, answering node)
         self.texts: list[str] = []  # audited texts, in the order of ``preds``
@@ -112,7 +113,7 @@ class Audit:
 
         point = estimate(counts)
         if m:
-            idx = self.rng.integers(0, m, size=(N_BOOTSTRAP, m))
+            idx = np.random.default_rng(self.seed).integers(0, m, size=(N_BOOTSTRAP, m))
             reps = np.array([estimate(counts[i]) for i in idx])
             alpha = 1 - budget.confidence
             lo, hi = (float(v) for v in np.quantile(reps, [alpha / 2, 1 - alpha / 2]))

@@ -89,6 +89,19 @@ def test_texts_the_mamabear_failed_on_are_not_audited(toy_circuit):
     assert sum(audit.answered.values()) == len(answers) - len(failed)
 
 
+def test_reporting_does_not_change_which_texts_are_sampled_and_repeats_itself(fitted):
+    texts = synthetic_texts(200, seed=5)
+    quiet, chatty = Audit(fitted, fraction=0.3), Audit(fitted, fraction=0.3)
+    for audit in (quiet, chatty):
+        audit(texts[:100])
+        audit.flush()
+    first = chatty.report()
+    assert chatty.report() == first  # the same interval every time
+    quiet(texts[100:])
+    chatty(texts[100:])
+    assert [t for t, _, _ in quiet.queue] == [t for t, _, _ in chatty.queue]
+
+
 def test_bad_fraction_and_empty_audit_are_explained(fitted):
     with pytest.raises(BabybearError, match="fraction must be in"):
         Audit(fitted, fraction=0)
