@@ -416,13 +416,16 @@ def bypass(run: CachedRun, node: str) -> CachedRun:
     topo = run.topology
     edges = [e for e in topo.edges if node not in e]
     scores = {e: run.scores[e] for e in edges}
+    agree_with = {e: a for e, a in topo.agree_with.items() if e in scores}
     for u in [s for s, t in topo.edges if t == node]:
         for w in [t for s, t in topo.edges if s == node]:
             if (u, w) not in scores:
                 edges.append((u, w))
                 scores[(u, w)] = run.scores[(u, node)]
+                if (u, node) in topo.agree_with:
+                    agree_with[(u, w)] = topo.agree_with[(u, node)]
     order = [n for n in topo.order if n != node]
-    sub = Topology(order, edges, {n: topo.labels[n] for n in order}, topo.mamabear)
+    sub = Topology(order, edges, {n: topo.labels[n] for n in order}, topo.mamabear, topo.disabled - {node}, agree_with)
     return CachedRun(sub, {n: run.preds[n] for n in order}, scores, {n: c for n, c in run.costs.items() if n != node}, run.tokens)
 
 

@@ -167,6 +167,15 @@ def test_switching_off_a_node_is_priced_and_taken_when_it_pays():
     assert "switch_off" not in full.details
 
 
+def test_bypass_keeps_the_topologys_switched_off_nodes_and_agreements():
+    run = synthetic_run(50, chain=("a", "b", "c"))
+    topo = replace(run.topology, disabled=frozenset({"a"}), agree_with={("b", "c"): "a", ("c", "mama"): "a"})
+    sub = bypass(run.with_topology(topo), "b").topology  # b's out-edge goes; the new a -> c has a -> b's (none)
+    assert sub.disabled == frozenset({"a"}) and sub.agree_with == {("c", "mama"): "a"}
+    sub = bypass(run.with_topology(topo), "c").topology  # the new b -> mama judges b by b -> c's gate, and its evidence
+    assert sub.agree_with == {("b", "mama"): "a"}
+
+
 def test_a_node_switched_off_in_a_diamond_replays_as_tuned():
     """a -> b -> mama plus a -> mama: with b off, the chosen thresholds must route as the bypass was priced."""
     run = synthetic_run(800, chain=("a", "b"))
