@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from circuit.records import clean_text
 from circuit.types import Span
 
 
@@ -28,12 +29,12 @@ def _mark_ranges() -> str:
     return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
 
 
-_MARKS = _mark_ranges()
+MARKS = _mark_ranges()
 _CONTROL = "\x00-\x1f\x7f-\x9f"
 TOKEN_RE = re.compile(
-    rf"\d+(?:[.,]\d+)+[\w{_MARKS}]*"  # numbers with separators and a unit: 1,000.50, 1.13bn
-    rf"|\w[\w{_MARKS}]*"  # words and plain numbers
-    rf"|[^\s{_CONTROL}][{_MARKS}]*",  # any other visible character (with its marks, e.g. an emoji's selector)
+    rf"\d+(?:[.,]\d+)+[\w{MARKS}]*"  # numbers with separators and a unit: 1,000.50, 1.13bn
+    rf"|\w[\w{MARKS}]*"  # words and plain numbers
+    rf"|[^\s{_CONTROL}][{MARKS}]*",  # any other visible character (with its marks, e.g. an emoji's selector)
 )
 
 
@@ -49,7 +50,9 @@ _new_tuple = tuple.__new__  # builds a Token without NamedTuple's Python-level _
 
 
 def tokenize(text: str) -> list[Token]:
-    """Split ``text`` into tokens with character offsets on ``text`` itself."""
+    """Split ``text`` into tokens with character offsets on ``text`` itself; a lone surrogate (which crfsuite and
+    the hasher cannot encode) reads as U+FFFD, one for one."""
+    text = clean_text(text)
     # findall + str.find is about twice as fast as finditer's match objects. Only whitespace and control
     # characters lie between tokens, so the next occurrence of a token's text is the token itself.
     tokens = []

@@ -21,7 +21,6 @@ from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node
 from circuit.node import Params as NodeParams
 from circuit.progress import console
-from circuit.records import clean_text
 from circuit.types import Prediction
 
 from ._tokens import Token, bio_to_spans, spans_to_bio, tokenize
@@ -184,7 +183,7 @@ class CRFTagger(Node):
         n_sequences = 0
         vocab: set[str] = set()
         for text, ref in zip(texts, reference):
-            tokens = tokenize(clean_text(text))  # a lone surrogate, which crfsuite cannot take, becomes U+FFFD
+            tokens = tokenize(text)
             if tokens:
                 trainer.append(self._featurize(tokens), spans_to_bio(tokens, ref.spans))
                 vocab.update(t.text.lower() for t in tokens)
@@ -204,7 +203,7 @@ class CRFTagger(Node):
         return [self._predict(tagger, text) for text in texts]
 
     def _predict(self, tagger: InMemoryTagger, text: str) -> Prediction:
-        tokens = tokenize(clean_text(text))
+        tokens = tokenize(text)
         keep = self.params.keep_token_probs
         if not tokens:
             evidence = dict.fromkeys(EVIDENCE_KEYS, 0.0)

@@ -22,14 +22,13 @@ from sklearn.linear_model import LogisticRegression
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node
 from circuit.node import Params as NodeParams
-from circuit.records import clean_text
 from circuit.types import Prediction, Span
 
-from ._tokens import _MARKS, Token, tokenize
+from ._tokens import MARKS, Token, tokenize
 
 GATE_FILE = "learned_gate.json"
 _SENTENCE_END = frozenset(".!?")
-_WORD_CHAR = rf"[\w{_MARKS}]"  # a letter, digit or combining mark: what a whole keyword must not touch
+_WORD_CHAR = rf"[\w{MARKS}]"  # a letter, digit or combining mark: what a whole keyword must not touch
 # scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no boundary there
 _UNSPACED = re.compile(
     "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
@@ -188,8 +187,7 @@ class LearnedKeywordGate(Node):
         return self
 
     def _features(self, texts: Sequence[str]) -> csr_matrix:
-        # a lone surrogate, which the hasher cannot encode, becomes U+FFFD
-        return self._hasher.transform(_hashed_cues(tokenize(clean_text(t))) for t in texts)
+        return self._hasher.transform(_hashed_cues(tokenize(t)) for t in texts)
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
         if self.coef_ is None:
