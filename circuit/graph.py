@@ -528,6 +528,26 @@ class Circuit:
         return circuit
 
 
+def folder_files(folder: Path, skip: frozenset[str] = frozenset()) -> dict[str, bytes | None]:
+    """A folder's contents by relative path: each file's bytes, None for a folder (so empty ones travel too);
+    entries named in ``skip`` are left out. :func:`write_folder_files` writes them back."""
+    return {f.relative_to(folder).as_posix(): f.read_bytes() if f.is_file() else None for f in sorted(folder.rglob("*")) if f.name not in skip}
+
+
+def write_folder_files(files: Mapping[str, bytes | None], folder: Path) -> None:
+    """Recreate :func:`folder_files`' contents inside ``folder``; a path that would land outside it is refused."""
+    root = folder.resolve()
+    for rel, data in files.items():
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root):
+            raise ArtifactError(f"{rel!r} points outside the circuit folder {folder}")
+        if data is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
 def _save_cache(file: Path, texts: list[str], run: CachedRun, n_calibration: int) -> None:
     data = {
         "n_calibration": n_calibration,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BabybearError, NodeError
-from .graph import Circuit
+from .graph import Circuit, folder_files, write_folder_files
 from .node import Node
 from .records import parse_line, record, text_lines
 from .scheduler import Scheduler, text_answer
@@ -76,7 +76,7 @@ def _pack(folder: Path) -> dict[str, bytes | None]:
     """The folder's files by relative path (folders, some of which may be empty, map to None)."""
     if not (folder / "circuit.yaml").is_file():
         raise BabybearError(f"{folder}: not a fitted circuit folder (no circuit.yaml)")
-    return {str(f.relative_to(folder)): f.read_bytes() if f.is_file() else None for f in folder.rglob("*") if f.name != _CACHE_FILE}
+    return folder_files(folder, skip=frozenset({_CACHE_FILE}))
 
 
 def _unpack(files: ray.ObjectRef) -> tuple[Circuit, tempfile.TemporaryDirectory]:
@@ -84,14 +84,8 @@ def _unpack(files: ray.ObjectRef) -> tuple[Circuit, tempfile.TemporaryDirectory]
     import ray
 
     tmp = tempfile.TemporaryDirectory(prefix="babybear-")
-    folder = Path(tmp.name)
-    for rel, data in ray.get(files).items():
-        if data is None:
-            (folder / rel).mkdir(parents=True, exist_ok=True)
-        else:
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
-    return Circuit.load(folder), tmp
+    write_folder_files(ray.get(files), Path(tmp.name))
+    return Circuit.load(tmp.name), tmp
 
 
 class _Deferred(Node):

@@ -30,7 +30,7 @@ from spacy.util import minibatch
 from spacy.vocab import Vocab
 
 from .errors import ArtifactError, BabybearError
-from .graph import Circuit
+from .graph import Circuit, folder_files, write_folder_files
 from .types import Answer
 
 EXTENSION = "babybear"
@@ -137,38 +137,20 @@ class BabybearNER:
         self.source = folder
         return self
 
-
     def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
         """The circuit's saved folder as msgpack of ``{relative path: file bytes}`` (``nlp.to_bytes`` carries it)."""
         with tempfile.TemporaryDirectory(prefix="babybear-ner-") as tmp:
             self.to_disk(tmp)
-            folder = Path(tmp) / CIRCUIT_FOLDER
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-            folders = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_dir()]
-        return srsly.msgpack_dumps({"files": files, "folders": folders})
+            return srsly.msgpack_dumps({"files": folder_files(Path(tmp) / CIRCUIT_FOLDER)})
 
     def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "BabybearNER":
         """Load a circuit from :meth:`to_bytes`: its files are written to a temporary folder and read from there."""
         try:
-            packed = srsly.msgpack_loads(data)
-            files, folders = packed["files"], packed.get("folders", [])
+            files = srsly.msgpack_loads(data)["files"]
         except Exception as err:  # noqa: BLE001 - msgpack raises several kinds on damaged bytes
             raise ArtifactError(f"babybear_ner: cannot read the circuit from bytes: {type(err).__name__}: {err}") from err
         self._unpacked = tempfile.TemporaryDirectory(prefix="babybear-ner-")
-        folder = (Path(self._unpacked.name) / CIRCUIT_FOLDER).resolve()
-
-        def inside(name: str) -> Path:
-            target = (folder / name).resolve()
-            if not target.is_relative_to(folder):
-                raise ArtifactError(f"babybear_ner: a file in the bytes points outside the circuit folder: {name!r}")
-            return target
-
-        for name in folders:
-            inside(name).mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            target = inside(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+        write_folder_files(files, Path(self._unpacked.name) / CIRCUIT_FOLDER)
         return self.from_disk(self._unpacked.name)
 
 
