@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,14 @@ def _read_lines(path: str) -> list[str]:
 def _read_texts(path: str) -> list[str]:
     """The texts of a corpus file, read row by row as ``run`` reads them (plain lines or JSONL ``{"id", "text"}``)."""
     texts = []
-    for row in _records(iter(_read_lines(path))):
+    for row in _records(_read_lines(path)):
         if "error" in row:
             raise BabybearError(f"{path}, {row['error']}")
         texts.append(row["text"])
     return texts
 
 
-def _records(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Rows of JSONL (``{"id", "text"}``) or plain lines, read as the Ray engine reads them; a row without an id
     is named by its line number (from 1), and a bad row carries an error naming the line."""
     for n, line in enumerate(lines, 1):

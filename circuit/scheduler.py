@@ -87,6 +87,7 @@ def text_answer(
     spans = stitch_spans(chunks, [spans for spans, _, _ in units])
     return Answer(text, spans, node, text_id, min(scores) if scores else None)
 
+
 @dataclass
 class NodeRun:
     """One node's answers on some units: predictions in order, failures by position, and the seconds it took."""
