@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -61,8 +62,15 @@ class CalibratedGate(Gate):
         return self
 
     def _linear(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
+        """The logistic model's linear score per row, summed feature by feature: only elementwise arithmetic,
+        so a row's score is the same bits alone or in a batch of any size (a matrix product's BLAS kernel sums
+        in an order that depends on the batch's shape, and thresholds sit one ulp above tuned scores)."""
         assert self.state_ is not None
-        return self._features(evidence) @ np.array(self.state_["coef"]) + self.state_["intercept"]
+        x = self._features(evidence)
+        z = np.full(len(x), float(self.state_["intercept"]))
+        for j, c in enumerate(self.state_["coef"]):
+            z = z + x[:, j] * float(c)
+        return z
 
     def score(self, evidence: Sequence[dict[str, float]]) -> np.ndarray:
         """P(the source agrees with the mamabear) per evidence dict, strictly inside (0, 1)."""
@@ -74,7 +82,7 @@ class CalibratedGate(Gate):
         if "iso_x" in self.state_:
             p = np.interp(z, self.state_["iso_x"], self.state_["iso_y"])
         else:
-            p = 1.0 / (1.0 + np.exp(-z))
+            p = np.array([1.0 / (1.0 + math.exp(-v)) if v > -700 else 0.0 for v in z.tolist()])  # libm per row, as np.exp's SIMD path may not be
         return np.clip(p, EPS, 1 - EPS)
 
     @property
