@@ -7,6 +7,7 @@ node and gate types, their params, edges, one mamabear sink, no cycles, every no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +59,52 @@ class CircuitSpec(_Strict):
     edges: list[EdgeSpec] = Field(default_factory=list)
 
 
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line, to locate problems."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
-    out: dict[tuple, int] = {}
+class _LocatingLoader(yaml.SafeLoader):
+    """A SafeLoader that also records the line of every key path, and a problem for every key repeated within
+    one mapping (plain PyYAML keeps the later value silently, so a node would vanish without a word)."""
 
-    def walk(node: yaml.Node, path: tuple) -> None:
-        out[path] = node.start_mark.line + 1
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lines: dict[tuple, int] = {}
+        self.repeated: list[Problem] = []
+
+    def compose_document(self) -> yaml.Node:
+        root = super().compose_document()
+        if root is not None:
+            self._walk(root, ())
+        return root
+
+    def _walk(self, node: yaml.Node, path: tuple) -> None:
+        self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
             for k, v in node.value:
-                out[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
+                if not isinstance(k, yaml.ScalarNode) or k.value == "<<":  # complex keys, merge keys: not paths
+                    continue
+                line = k.start_mark.line + 1
+                if k.value in first:
+                    where = ".".join(map(str, path + (k.value,)))
+                    self.repeated.append(Problem(where, f"key '{k.value}' appears twice (first at line {first[k.value]}); the later one would silently replace the first", line))
+                first.setdefault(k.value, line)
+                self.lines[path + (k.value,)] = line
+                self._walk(v, path + (k.value,))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
-                walk(v, path + (i,))
+                self._walk(v, path + (i,))
 
-    if root is not None:
-        walk(root, ())
-    return out
+
+def _parse(text: str, source: str | None) -> tuple[Any, dict[tuple, int], list[Problem]]:
+    """The YAML document, the line of each key path in it, and its repeated keys; bad YAML is a located error."""
+    loader = _LocatingLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise CircuitValidationError([Problem("<file>", f"not valid YAML{line}: {getattr(err, 'problem', err)}")], source) from None
+    finally:
+        loader.dispose()
+    return data, loader.lines, loader.repeated
 
 
 def pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, list[str]]) -> list[Problem]:
@@ -95,6 +121,33 @@ def pydantic_problems(err: ValidationError, prefix: tuple, known: dict[tuple, li
         else:
             msg = f"{e['msg']} (got {e.get('input')!r})"
         problems.append(Problem(".".join(map(str, loc)), msg))
+    return problems
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a node name, or None. A name is a folder in a saved circuit (``nodes/<name>``) and
+    half a gate file's name (``gates/<source>--<target>.json``), so it must stay a plain file name."""
+    if isinstance(name, str) and _NAME.fullmatch(name) and ".." not in name and "--" not in name:
+        return None
+    return (f"invalid node name {name!r}: use 1 to 100 letters, digits, '_', '.' and '-', not starting with '.' or "
+            "'-' and without '..' or '--' (a node name becomes a folder name in the saved circuit)")
+
+
+def name_problems(names: list[str]) -> list[Problem]:
+    """A located problem for each node name that is not a plain file name, or that differs from another only
+    in case (one folder on a case-insensitive file system)."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for name in names:
+        message = name_problem(name)
+        if message is None and name.lower() in seen:
+            message = f"differs from node '{seen[name.lower()]}' only in case: their folders would be one on macOS and Windows"
+        seen.setdefault(name.lower(), name)
+        if message:
+            problems.append(Problem(f"nodes.{name}", message))
     return problems
 
 
@@ -116,6 +169,7 @@ def validate(spec: CircuitSpec) -> list[Problem]:
     problems = budget_problems(spec.budget)
     if spec.version != 1:
         problems.append(Problem("version", f"unsupported version {spec.version}; supported: 1"))
+    problems += name_problems(list(spec.nodes))
     roles: dict[str, str] = {}
     for name, node in spec.nodes.items():
         problems += _node_problems(name, node)
@@ -129,7 +183,8 @@ def validate(spec: CircuitSpec) -> list[Problem]:
             if graph.has_edge(edge.source, edge.target):
                 problems.append(Problem(f"edges.{i}", f"duplicate edge {edge.source} -> {edge.target}"))
             graph.add_edge(edge.source, edge.target)
-    problems += _graph_problems(graph, roles, {name: n.enabled for name, n in spec.nodes.items()})
+    every_edge_known = all(e.source in spec.nodes and e.target in spec.nodes for e in spec.edges)  # else sinks and reach follow from a named problem
+    problems += _graph_problems(graph, roles, {name: n.enabled for name, n in spec.nodes.items()}, every_edge_known)
     if not problems:
         problems += _agreement_problems(spec, graph)
     return problems
@@ -175,7 +230,7 @@ def _shape_problems(data: dict[str, Any], err: ValidationError) -> list[Problem]
     known.update({("nodes", n): sorted(NodeSpec.model_fields) for n in nodes})
     known.update({("edges", i): sorted(EdgeSpec.model_fields) for i in range(len(edges))})
     known.update({("edges", i, "gate"): sorted(GateSpec.model_fields) for i in range(len(edges))})
-    problems = pydantic_problems(err, (), known)
+    problems = pydantic_problems(err, (), known) + name_problems([str(n) for n in nodes])
     for name, raw in nodes.items():
         try:
             problems += _node_problems(name, NodeSpec.model_validate(raw))
@@ -216,7 +271,7 @@ def _agreement_problems(spec: CircuitSpec, graph: nx.DiGraph) -> list[Problem]:
     return problems
 
 
-def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict[str, bool]) -> list[Problem]:
+def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict[str, bool], every_edge_known: bool) -> list[Problem]:
     problems = []
     if not graph.nodes:
         return [Problem("nodes", "a circuit needs at least a mamabear node")]
@@ -228,14 +283,14 @@ def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict
     if len(mamabears) > 1:
         problems.append(Problem("nodes", f"more than one mamabear: {', '.join(mamabears)}; a circuit has exactly one"))
     sinks = [n for n in graph if graph.out_degree(n) == 0]
-    if len(sinks) > 1:
+    if len(sinks) > 1 and every_edge_known:
         problems.append(Problem("edges", f"more than one sink: {', '.join(sinks)}; every path must end at the mamabear"))
     for m in mamabears:
         if not spec_enabled.get(m, True):
             problems.append(Problem(f"nodes.{m}.enabled", "the mamabear cannot be switched off"))
         if graph.out_degree(m):
             problems.append(Problem(f"nodes.{m}", "the mamabear must be the sink: it can have no out-edges"))
-    if not problems and mamabears:
+    if not problems and mamabears and every_edge_known:
         roots = [n for n in graph if graph.in_degree(n) == 0]
         cheap_roots = [r for r in roots if r not in mamabears]
         if cheap_roots and len(graph) > 1:
@@ -256,39 +311,51 @@ def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> C
     one_line = isinstance(data, str) and "\n" not in data
     if isinstance(data, Path) or (one_line and (data.endswith((".yaml", ".yml")) or ":" not in data)):
         path = Path(data)
-        if not path.is_file():
-            raise BabybearError(f"circuit file not found: {path}")
         source = source or str(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_circuit_file(path)
     elif isinstance(data, str):
         text = data
+    lines: dict[tuple, int] = {}
+    problems: list[Problem] = []
     if text is not None:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" (line {mark.line + 1})" if mark else ""
-            raise CircuitValidationError([Problem("<file>", f"not valid YAML{line}: {getattr(err, 'problem', err)}")], source)
+        data, lines, problems = _parse(text, source)
     if not isinstance(data, dict):
         raise CircuitValidationError([Problem("<file>", "a circuit is a mapping with nodes and edges")], source)
-    lines = _line_index(text) if text else {}
     try:
         spec = CircuitSpec.model_validate(data)
-        problems = validate(spec)
+        problems += validate(spec)
     except ValidationError as err:
-        problems = _shape_problems(data, err)
+        problems += _shape_problems(data, err)
         spec = None
     if problems:
-        located = [Problem(p.location, p.message, _locate(p.location, lines)) for p in problems]
+        located = [p if p.line else Problem(p.location, p.message, _locate(p.location, lines)) for p in problems]
         raise CircuitValidationError(located, source)
     assert spec is not None
     return spec
 
 
+def read_circuit_file(path: Path) -> str:
+    """A circuit file's text; a folder, a missing file or one that is not UTF-8 is a one-line error naming it."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        hint = f"; its circuit files: {', '.join(found)}" if found else "; it holds no .yaml file"
+        if (path / "circuit.yaml").is_file() and (path / "nodes").is_dir():
+            hint = f"; it is a fitted circuit folder, whose description is {path / 'circuit.yaml'}"
+        raise BabybearError(f"{path} is a directory, not a circuit file{hint}")
+    if not path.is_file():
+        raise BabybearError(f"circuit file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BabybearError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8") from None
+
+
 def _locate(location: str, lines: dict[tuple, int]) -> int | None:
-    parts: list = [int(p) if p.isdigit() else p for p in location.split(".")]
-    while parts:
-        if tuple(parts) in lines:
-            return lines[tuple(parts)]
-        parts.pop()
-    return None
+    """The line of the longest key path that ``location`` (dotted) starts with; node names may hold dots."""
+    best: tuple[int, int] | None = None
+    for path, line in lines.items():
+        dotted = ".".join(map(str, path))
+        if path and (location == dotted or location.startswith(dotted + ".")) and (best is None or len(dotted) > best[0]):
+            best = (len(dotted), line)
+    return best[1] if best else None

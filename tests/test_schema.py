@@ -174,3 +174,40 @@ edges:
     side_door = side_door.replace("  mama:", "  side: {type: test.Memorizer.v1}\n  mama:")
     with pytest.raises(CircuitValidationError, match="not on every path into 'other'"):
         Circuit.from_yaml(side_door)  # sentences entering at 'side' never met memo
+
+
+def test_node_names_must_be_plain_file_names_located_at_their_line():
+    found = problems("broken_names.yaml")
+    text = "\n".join(found)
+    assert "nodes.../../../escape/rules (line 4): invalid node name '../../../escape/rules'" in text
+    assert "nodes.crf--v2 (line 5): invalid node name 'crf--v2'" in text
+    assert "nodes.memo (line 7): differs from node 'Memo' only in case" in text
+    assert len(found) == 3
+
+
+@pytest.mark.parametrize("name", ["crf", "crf.v2", "student_2", "2-layer", "_x"])
+def test_ordinary_node_names_are_accepted(name):
+    Circuit.from_dict({"nodes": {name: {"type": "test.Memorizer.v1"}, "mama": {"type": "test.CapsMamabear.v1"}}, "edges": [{"source": name, "target": "mama"}]})
+
+
+def test_a_node_named_twice_is_a_located_problem_not_a_silent_replacement():
+    assert problems("broken_duplicate.yaml") == ["nodes.memo (line 6): key 'memo' appears twice (first at line 4); the later one would silently replace the first"]
+
+
+def test_an_edge_to_a_missing_node_is_reported_alone_without_follow_ons():
+    assert problems("broken_edge_to_nowhere.yaml") == ["edges.0.target (line 7): no node named 'mamma'; nodes: memo, mama"]
+
+
+def test_a_circuit_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes((FIXTURES / "valid.yaml").read_text(encoding="utf-8").replace("name: toy", "name: café").encode("latin-1"))
+    with pytest.raises(BabybearError) as info:
+        Circuit.from_yaml(path)
+    assert str(info.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8"
+
+
+def test_a_directory_is_named_as_one_with_the_circuit_files_in_it(tmp_path):
+    with pytest.raises(BabybearError, match=r"^circuits is a directory, not a circuit file; its circuit files: news-student.yaml, news-two-students.yaml, news.yaml, pii.yaml$"):
+        Circuit.from_yaml("circuits")
+    with pytest.raises(BabybearError, match=r"is a directory, not a circuit file; it holds no .yaml file"):
+        Circuit.from_yaml(Path(tmp_path))
