@@ -19,6 +19,7 @@ from typing import Any
 from .errors import BabybearError, CircuitValidationError
 from .graph import Circuit
 from .records import parse_line, text_lines
+from .schema import budget_problems
 from .types import Span
 
 STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
@@ -69,7 +70,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     circuit = Circuit.from_yaml(args.circuit)
     if args.budget is not None:
         circuit.budget = circuit.budget.model_copy(update={"min_entity_f1": args.budget})
-        circuit.validate()
+        problems = budget_problems(circuit.budget)
+        if problems:
+            raise BabybearError(f"--budget {args.budget}: {problems[0].message}")
     texts = _read_texts(args.corpus)
     if args.limit:
         texts = texts[: args.limit]

@@ -444,3 +444,14 @@ def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tm
     with pytest.raises(CircuitValidationError, match="not on every path"):
         loaded.set_params(**{"memo->guess__agree_with": "guess"})
     assert loaded.get_params()["memo->guess__agree_with"] is None  # a refused change is not kept
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fit", "circuits", "--corpus", "x", "--out", "y"], "babybear: error: circuits is a directory, not a circuit file; its circuit files: news-student.yaml, "),
+    (["fit", "tests/fixtures/valid.yaml", "--corpus", "x", "--out", "y", "--budget", "1.5"], "babybear: error: --budget 1.5: must be in (0, 1], got 1.5\n"),
+])
+def test_cli_fit_names_a_directory_and_the_budget_flag(argv, message, capsys):
+    from circuit.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(message)
