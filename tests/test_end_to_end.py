@@ -103,3 +103,25 @@ def test_bbc_corpus_is_read_as_utf8():
     assert len(train) > 30_000 and len(test) > 7_000 and not set(train) & set(test)
     assert any("£" in s for s in sentences)
     assert not any("Â£" in s or "\ufffd" in s for s in sentences)  # Latin-1 mojibake or undecodable bytes
+
+
+def test_news_circuit_routes_a_text_the_same_alone_and_in_batches_of_7_and_512(news, bbc):
+    """The tuner sets thresholds one ulp above gate scores it cached, scored as one batch; a score that moved with
+    the batch moved routing. The threshold here sits that way, at the median cached score."""
+    import numpy as np
+
+    _, path = news
+    circuit = Circuit.load(path)
+    edge = ("crf", "mamabear")
+    circuit.set_thresholds({edge: float(np.nextafter(np.median(circuit.cache_.scores[edge]), 1.0))})
+    circuit.graph.nodes["crf"]["enabled"] = True
+    texts = [t for t in bbc[1] if t.strip()][:300]
+
+    def routed(size: int) -> list[tuple]:
+        runs = [circuit.route(texts[i : i + size], batch_size=size) for i in range(0, len(texts), size)]
+        return [row for r in runs for row in zip(r.exits, r.spans, r.confidences)]
+
+    alone = routed(1)
+    assert {"crf", "mamabear"} <= {node for node, _, _ in alone}  # both sides of the CRF's gate are exercised
+    for size in (7, 512):
+        assert routed(size) == alone, f"batches of {size} route differently from texts alone"
