@@ -558,12 +558,50 @@ def _save_cache(file: Path, texts: list[str], run: CachedRun, n_calibration: int
     file.write_text(json.dumps(data), encoding="utf-8")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _cache_problem(data: Any) -> str | None:
+    """What is wrong with a held-out cache's contents, or None: every node's answers are one per text, spans lie
+    inside their text, evidence and costs are finite numbers, and some rows are left to tune on after calibration."""
+    missing = [k for k in ("n_calibration", "texts", "costs", "preds") if not isinstance(data, dict) or k not in data]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    texts, preds, n_cal = data["texts"], data["preds"], data["n_calibration"]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return "texts is not a list of strings"
+    if not isinstance(data["costs"], dict) or not all(_is_number(c) and c >= 0 for c in data["costs"].values()):
+        return "costs must map each node to a number >= 0"
+    if not isinstance(n_cal, int) or isinstance(n_cal, bool) or not 0 <= n_cal < len(texts):
+        return f"n_calibration is {n_cal!r}; it must be a whole number in [0, {len(texts)}) (the cache has {len(texts)} texts, and the rest after calibration tune)"
+    if not isinstance(preds, dict):
+        return "preds is not an object"
+    for node, answers in preds.items():
+        if not isinstance(answers, list) or len(answers) != len(texts):
+            return f"preds.{node} has {len(answers) if isinstance(answers, list) else 'no list of'} answers for {len(texts)} texts"
+        for i, (text, answer) in enumerate(zip(texts, answers)):
+            where = f"preds.{node}[{i}]"
+            if not isinstance(answer, dict) or not isinstance(answer.get("spans"), list) or not isinstance(answer.get("evidence"), dict):
+                return f"{where} is not an object with a spans list and an evidence object"
+            if not all(isinstance(k, str) and _is_number(v) for k, v in answer["evidence"].items()):
+                return f"{where}.evidence holds a value that is not a finite number"
+            for span in answer["spans"]:
+                ok = isinstance(span, list) and len(span) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in span[:2])
+                if not ok or not 0 <= span[0] <= span[1] <= len(text) or not isinstance(span[2], str):
+                    return f"{where}: span {span!r} is not [start, end, label] with 0 <= start <= end <= {len(text)} (the text's length)"
+    return None
+
+
 def _load_cache(file: Path, circuit: Circuit) -> tuple[list[str], CachedRun, int]:
     """Read the held-out outputs saved with a fit, and score them with the loaded gates."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+        problem = _cache_problem(data)
+        if problem:
+            raise ValueError(problem)
         preds = {n: [Prediction([Span(*s) for s in p["spans"]], p["evidence"]) for p in ps] for n, ps in data["preds"].items()}
-        texts, costs, n_calibration = data["texts"], {n: float(c) for n, c in data["costs"].items()}, int(data["n_calibration"])
+        texts, costs, n_calibration = data["texts"], {n: float(c) for n, c in data["costs"].items()}, data["n_calibration"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ArtifactError(f"{file}: cannot read the held-out cache: {err}") from err
     topo = circuit.topology

@@ -96,12 +96,28 @@ class CalibratedGate(Gate):
         return self.state_
 
     def load_dict(self, state: dict[str, Any]) -> CalibratedGate:
-        """Restore :meth:`to_dict`'s state; ValueError names what is missing or inconsistent."""
+        """Restore :meth:`to_dict`'s state; ValueError names what is missing, inconsistent or not a finite number."""
         required = ("features", "mean", "scale", "coef", "intercept")
         if not isinstance(state, dict) or any(k not in state for k in required):
             missing = [k for k in required if not isinstance(state, dict) or k not in state]
             raise ValueError(f"gate state lacks {', '.join(missing)}")
+        lists = [k for k in ("features", "mean", "scale", "coef", "iso_x", "iso_y") if k in state]
+        if not all(isinstance(state[k], list) for k in lists) or not all(isinstance(f, str) for f in state["features"]):
+            raise ValueError(f"gate state: {', '.join(lists)} must be lists (of names for features, else of numbers)")
         if not len(state["features"]) == len(state["mean"]) == len(state["scale"]) == len(state["coef"]):
             raise ValueError("gate state: features, mean, scale and coef differ in length")
+        if ("iso_x" in state) != ("iso_y" in state):
+            raise ValueError("gate state: iso_x and iso_y come together")
+        numbers = [(f"{k}[{i}]", v) for k in lists[1:] for i, v in enumerate(state[k])] + [("intercept", state["intercept"])]
+        for where, v in numbers:  # a NaN would compare false with every threshold and route every text one way
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"gate state: {where} is {v!r}, not a finite number")
+        if any(v == 0 for v in state["scale"]):
+            raise ValueError("gate state: a scale of 0 (features are divided by it)")
+        if state.get("method", "platt") not in ("platt", "isotonic"):
+            raise ValueError(f"gate state: method {state['method']!r}; known: platt, isotonic")
+        iso_x, iso_y = state.get("iso_x", []), state.get("iso_y", [])
+        if len(iso_x) != len(iso_y) or any(a > b for a, b in zip(iso_x, iso_x[1:])) or any(not 0 <= v <= 1 for v in iso_y):
+            raise ValueError("gate state: iso_x must rise, with one iso_y in [0, 1] for each")
         self.state_ = dict(state)
         return self

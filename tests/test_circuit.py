@@ -215,7 +215,7 @@ def test_missing_gate_file_names_the_file(fitted, tmp_path):
     [
         ("gates/memo--mama.json", "{}", "gates/memo--mama.json: cannot read gate memo -> mama: gate state lacks features"),
         ("gates/memo--mama.json", '{"features": ["a"], "mean": [], "scale": [], "coef": [], "intercept": 0}', "differ in length"),
-        ("heldout.json", '{"n_calibration": 3, "texts": [], "preds": {}}', "heldout.json: cannot read the held-out cache: 'costs'"),
+        ("heldout.json", '{"n_calibration": 3, "texts": [], "preds": {}}', "heldout.json: cannot read the held-out cache: lacks costs"),
         ("report.json", "{bad", "report.json: cannot read the fit report"),
         ("report.json", "[1]", "report.json: the fit report is not a JSON object"),
     ],

@@ -1,0 +1,151 @@
+"""A saved circuit folder is untrusted input: tampered names, model params, gates and caches are refused with an
+error naming the file, and nothing is read or written outside the folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationError
+from circuit.cli import main
+from tests.conftest import FIXTURES, synthetic_texts
+
+ESCAPE = "../../../escape/memo"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    from tests.conftest import CapsMamabear, Memorizer
+
+    circuit = Circuit("toy", {"min_entity_f1": 0.95}).add("memo", Memorizer()).add("mama", CapsMamabear()).connect("memo", "mama")
+    return circuit.fit(synthetic_texts(400), progress=False).save(tmp_path_factory.mktemp("saved") / "fitted")
+
+
+@pytest.fixture
+def folder(saved, tmp_path) -> Path:
+    """A fresh copy of the saved circuit, deep enough that ESCAPE (from nodes/ or gates/) lands in tmp_path/a/escape."""
+    return Path(shutil.copytree(saved, tmp_path / "a" / "b" / "fitted"))
+
+
+def edit_json(file: Path, change) -> None:
+    data = json.loads(file.read_text(encoding="utf-8"))
+    change(data)
+    file.write_text(json.dumps(data), encoding="utf-8")
+
+
+def edit_yaml(folder: Path, change) -> None:
+    data = yaml.safe_load((folder / "circuit.yaml").read_text(encoding="utf-8"))
+    change(data)
+    (folder / "circuit.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def rename_memo(folder: Path, name: str) -> None:
+    """Rename node memo everywhere a save names it, moving its files where that name points (outside, for ESCAPE)."""
+
+    def in_yaml(data):
+        data["nodes"] = {name if k == "memo" else k: v for k, v in data["nodes"].items()}
+        data["edges"][0]["source"] = name
+
+    edit_yaml(folder, in_yaml)
+    edit_json(folder / "heldout.json", lambda d: d["preds"].__setitem__(name, d["preds"].pop("memo")))
+    edit_json(folder / "report.json", lambda d: d["costs_seconds_per_token"].__setitem__(name, d["costs_seconds_per_token"].pop("memo")))
+    (folder / "nodes" / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / "nodes" / "memo").rename(folder / "nodes" / name)
+    (folder / "gates" / f"{name}--mama.json").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "gates" / "memo--mama.json").rename(folder / "gates" / f"{name}--mama.json")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_node_name_that_climbs_out_of_the_folder_is_refused_and_tune_writes_nothing_outside(folder, tmp_path, capsys):
+    rename_memo(folder, ESCAPE)
+    outside = tmp_path / "a" / "escape"
+    assert (outside / "memo" / "known.json").is_file()  # where the name points: read and rewritten today
+    before = tree(outside)
+    with pytest.raises(CircuitValidationError) as info:
+        Circuit.load(folder)
+    assert str(folder / "circuit.yaml") in str(info.value) and f"nodes.{ESCAPE} (line 7): invalid node name" in str(info.value)
+    assert main(["tune", str(folder), "--budget", "0.9"]) == 2
+    assert "invalid node name" in capsys.readouterr().err
+    assert tree(outside) == before
+
+
+def test_fit_refuses_a_node_name_that_climbs_out_of_out_before_writing_anything(tmp_path, capsys):
+    spec = yaml.safe_load((FIXTURES / "valid.yaml").read_text(encoding="utf-8"))
+    spec["nodes"] = {ESCAPE: spec["nodes"]["memo"], "mama": spec["nodes"]["mama"]}
+    spec["edges"][0]["source"] = ESCAPE
+    (tmp_path / "escape.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text("\n".join(synthetic_texts(300)) + "\n", encoding="utf-8")
+    out = tmp_path / "x" / "y" / "out"
+    assert main(["fit", str(tmp_path / "escape.yaml"), "--corpus", str(tmp_path / "corpus.txt"), "--out", str(out), "--quiet"]) == 2
+    assert "invalid node name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "escape.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("coef", "message"),
+    [("a", "coef[0] is 'a', not a finite number"), (math.nan, "coef[0] is nan, not a finite number"), (math.inf, "coef[0] is inf, not a finite number"), (True, "coef[0] is True")],
+)
+def test_a_gate_coefficient_that_is_not_a_finite_number_is_an_artifact_error(folder, coef, message):
+    edit_json(folder / "gates" / "memo--mama.json", lambda d: d["coef"].__setitem__(0, coef))
+    with pytest.raises(ArtifactError, match=re.escape(f"{folder / 'gates' / 'memo--mama.json'}: cannot read gate memo -> mama: gate state: {message}")):
+        Circuit.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("scale", [0.0, 1.0], "a scale of 0"), ("intercept", "1", "intercept is '1'"), ("features", "n", "must be lists"), ("method", "magic", "method 'magic'; known: platt, isotonic")],
+)
+def test_other_damaged_gate_states_are_artifact_errors(folder, key, value, message):
+    edit_json(folder / "gates" / "memo--mama.json", lambda d: d.__setitem__(key, value))
+    with pytest.raises(ArtifactError, match=message):
+        Circuit.load(folder)
+
+
+def damage_cache(kind: str):
+    def change(d):
+        if kind == "truncated":
+            d["preds"]["memo"].pop()
+        elif kind == "n_calibration":
+            d["n_calibration"] = len(d["texts"])
+        elif kind == "span":
+            d["preds"]["mama"][0]["spans"] = [[0, 10**6, "ENT"]]
+        elif kind == "evidence":
+            d["preds"]["memo"][0]["evidence"]["n"] = math.nan
+        elif kind == "label":
+            d["preds"]["memo"][0]["spans"] = [[0, 1, 7]]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("truncated", r"preds.memo has \d+ answers for \d+ texts"),
+        ("n_calibration", r"n_calibration is \d+; it must be a whole number in \[0, \d+\)"),
+        ("span", r"preds.mama\[0\]: span \[0, 1000000, 'ENT'\] is not \[start, end, label\] with 0 <= start <= end <= \d+"),
+        ("evidence", r"preds.memo\[0\].evidence holds a value that is not a finite number"),
+        ("label", r"preds.memo\[0\]: span \[0, 1, 7\]"),
+    ],
+)
+def test_a_damaged_held_out_cache_is_one_error_naming_it_in_tune(folder, kind, message, capsys):
+    edit_json(folder / "heldout.json", damage_cache(kind))
+    assert main(["tune", str(folder), "--budget", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'heldout.json'}: cannot read the held-out cache: " in err
+    assert re.search(message, err), err
+
+
+def test_run_on_a_folder_whose_yaml_is_latin1_is_one_line_naming_it(folder, capsys):
+    text = (folder / "circuit.yaml").read_text(encoding="utf-8").replace("name: toy", "name: café")
+    (folder / "circuit.yaml").write_bytes(text.encode("latin-1"))
+    assert main(["run", str(folder), "--input", str(FIXTURES / "valid.yaml")]) == 2
+    assert capsys.readouterr().err == f"babybear: error: {folder / 'circuit.yaml'}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8\n"
