@@ -505,7 +505,12 @@ class Circuit:
             folder = path / "nodes" / name
             if not folder.is_dir():
                 raise ArtifactError(f"{folder}: missing node folder for '{name}'")
-            circuit.node(name).from_disk(folder)
+            try:
+                circuit.node(name).from_disk(folder)
+            except ArtifactError:
+                raise
+            except BabybearError as err:  # a param the folder's YAML set is wrong: say where it is
+                raise ArtifactError(f"{path / 'circuit.yaml'}: nodes.{name}: {err}") from None
         for s, t, data in circuit.graph.edges(data=True):
             file = path / "gates" / f"{s}--{t}.json"
             try:

@@ -8,6 +8,8 @@ machine without the hub, the aliases below point at models republished as ordina
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ class ModelPackage:
     pip_flags: tuple[str, ...]
     licence: str
     module: str  # the import name the package installs
-    subpath: str | None  # the model folder inside the package; None: a spaCy package, loaded by its name
+    subpath: str | None  # the model folder inside the package; None: a spaCy package, whose meta.json names it
 
     @property
     def install_command(self) -> str:
@@ -107,17 +109,66 @@ def _installed(module: str) -> Path | None:
     return Path(spec.submodule_search_locations[0])
 
 
-def resolve(name: str, kind: ModelKind) -> str:
-    """What to load for the model ``name``: a spaCy package name, a local folder, or a hub id.
+_PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a top-level module: find_spec on a dotted name imports its parents
 
-    An installed spaCy package of the same name, or an existing path, wins over an alias; other names pass
-    through unchanged for the Hugging Face kinds (``hf``, ``encoder``), so hub ids keep working where the hub
-    can be reached. Raises :class:`BabybearError` with the install command when the model is missing.
+
+def _is_pipeline(folder: Path) -> bool:
+    return (folder / "config.cfg").is_file() and (folder / "meta.json").is_file()
+
+
+def _package_pipeline(folder: Path) -> Path | None:
+    """The pipeline folder inside an installed spaCy package, read from its meta.json as spaCy's own
+    ``load_model_from_init_py`` does (``<lang>_<name>-<version>``), without importing the package."""
+    if _is_pipeline(folder):
+        return folder
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        data = folder / f"{meta['lang']}_{meta['name']}-{meta['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if _is_pipeline(data) else None
+
+
+def spacy_pipeline(name: str) -> Path | None:
+    """The folder of the spaCy pipeline that ``name`` means, found without importing anything: an offline alias,
+    a pipeline folder (config.cfg and meta.json), or an installed pipeline package. None when nothing by that
+    name is here; :class:`BabybearError` when it names something that is not a spaCy pipeline."""
+    choices = "an offline alias (" + ", ".join(p.alias for p in MODEL_PACKAGES if p.kind == "spacy") + "), an installed spaCy pipeline package, or a pipeline folder (config.cfg and meta.json)"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not _is_pipeline(path):
+            raise BabybearError(f"spaCy model '{name}': {path} is not a spaCy pipeline folder (no config.cfg and meta.json); use {choices}")
+        return path
+    folder = _installed(name) if _PACKAGE_NAME.fullmatch(name) else None
+    if folder is not None:  # a real package of an alias's name wins over the alias
+        found = _package_pipeline(folder)
+        if found is None:
+            raise BabybearError(f"spaCy model '{name}': the installed Python package at {folder} is not a spaCy pipeline; use {choices}")
+        return found
+    package = _BY_ALIAS.get(name)
+    folder = _installed(package.module) if package is not None and package.kind == "spacy" else None
+    if package is None or folder is None:
+        return None
+    found = folder / package.subpath if package.subpath else _package_pipeline(folder)
+    if found is None or not _is_pipeline(found):
+        raise BabybearError(f"spaCy model '{name}': the package {package.module} at {folder} holds no spaCy pipeline; reinstall it with `{package.install_command}`")
+    return found
+
+
+def resolve(name: str, kind: ModelKind) -> str:
+    """What to load for the model ``name``: a local folder, or a hub id.
+
+    A spaCy model is always a pipeline folder (:func:`spacy_pipeline`), so spaCy never imports a module by a
+    name it was given. For the other kinds an existing path wins over an alias, and other names pass through
+    unchanged for the Hugging Face kinds (``hf``, ``encoder``), so hub ids keep working where the hub can be
+    reached. Raises :class:`BabybearError` with the install command when the model is missing.
     """
-    if Path(name).expanduser().exists():
+    if kind == "spacy":
+        found = spacy_pipeline(name)
+        if found is not None:
+            return str(found)
+    elif Path(name).expanduser().exists():
         return str(Path(name).expanduser())
-    if kind == "spacy" and _installed(name):
-        return name
     package = _BY_ALIAS.get(name)
     if package is not None and package.kind == kind:
         folder = _installed(package.module)
@@ -126,7 +177,7 @@ def resolve(name: str, kind: ModelKind) -> str:
                 f"model '{name}' is not installed; install it with `{package.install_command}` "
                 f"(or `babybear models install {name}`)"
             )
-        return package.module if package.subpath is None else str(folder / package.subpath)
+        return str(folder / package.subpath) if package.subpath else str(folder)
     if kind in ("hf", "encoder"):
         return name
     known = ", ".join(p.alias for p in MODEL_PACKAGES if p.kind == kind)

