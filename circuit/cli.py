@@ -96,9 +96,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         sink = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
         # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
         for_texts, for_ids, for_output = itertools.tee(_records(text_lines(source)), 3)
-        texts, ids = (r["text"] for r in for_texts), (r["id"] for r in for_ids)
+        texts, ids = (r["text"] for r in for_texts), (str(r["id"]) for r in for_ids)
         for answer, record in zip(circuit.stream(texts, ids, chunk=STREAM_CHUNK), for_output):
-            out = answer.to_dict()
+            out = {**answer.to_dict(), "id": record["id"]}  # the id as read: a JSON number stays a number
             if "error" in record:
                 out["error"] = record["error"]
             sink.write(f"{json.dumps(out, ensure_ascii=False)}\n".encode())

@@ -261,7 +261,7 @@ def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
                     row["error"] = f"{unit} {n}: {row['error']}"
                     errors += 1
                 elif failure is not None:
-                    row["error"] = NodeError.describe(row["node"], row["id"], failure)
+                    row["error"] = NodeError.describe(row["node"], str(row["id"]), failure)  # named as run names it
                     errors += 1
                 per_node[str(row["node"])] = per_node.get(str(row["node"]), 0) + 1
                 rows.append(row)
@@ -271,7 +271,7 @@ def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:
         schema = _parquet_schema()
         with pq.ParquetWriter(output, schema) as writer:
             for rows in batches():
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                writer.write_table(pa.Table.from_pylist([{**r, "id": str(r["id"])} for r in rows], schema=schema))  # ids: strings
     else:
         with open(output, "w", encoding="utf-8") as sink:
             for rows in batches():

@@ -42,8 +42,9 @@ def clean_text(text: str) -> str:
 
 def record(id_: Any, text: Any) -> dict[str, Any]:
     """A row from an id and a text field as read (the text must be a string; id None if absent); lone surrogates
-    in either become U+FFFD."""
-    row_id = None if id_ is None else clean_text(str(id_))
+    in either become U+FFFD. A numeric id keeps its type (a JSON number is written back as a number); any other
+    id becomes a string."""
+    row_id = id_ if id_ is None or (isinstance(id_, int | float) and not isinstance(id_, bool)) else clean_text(str(id_))
     if isinstance(text, str):
         return {"id": row_id, "text": clean_text(text), "error": None}
     return {"id": row_id, "text": "", "error": NOT_TEXT}

@@ -44,6 +44,11 @@ def test_a_row_with_a_lone_surrogate_is_answered_and_so_are_the_rows_after_it(fo
     assert rows[1]["text"] == "\U0001f600 Bob"  # a pair of escapes is one character, not two lone halves
 
 
+def test_a_numeric_id_keeps_its_json_type(folder, tmp_path):
+    rows = run_file(folder, tmp_path, b'{"id": 7, "text": "yesterday Alice met Bob"}\n{"id": 2.5, "text": "Bob"}\n{"id": "7", "text": "Carol"}\n')
+    assert [r["id"] for r in rows] == [7, 2.5, "7"] and rows[0]["entities"]
+
+
 # every line break but "\n" (and one "\r" before it) stays inside its line; a lone "\r" too
 BREAKS = "one\x0btwo\x0cthree\x1cfour\x1d\x1efive\x85six\u2028seven\rhalf\r\nnext\n"
 
