@@ -22,14 +22,15 @@ def text_lines(data: Iterable[bytes]) -> Iterator[str]:
 
 def parse_line(line: str) -> dict[str, Any]:
     """One JSONL line (``{"id", "text"}``) or plain text line as ``{"id", "text", "error"}`` (id None if absent,
-    error None if the row is good). A line that looks like JSON but is not keeps its raw text and gets an error.
+    error None if the row is good). A line that looks like JSON but is not gets an empty text and an error, so that
+    no model answers it.
     """
     if not line.lstrip().startswith("{"):
         return {"id": None, "text": line, "error": None}
     try:
         data = json.loads(line)
     except json.JSONDecodeError as err:
-        return {"id": None, "text": line, "error": f"not valid JSON ({err.msg})"}
+        return {"id": None, "text": "", "error": f"not valid JSON ({err.msg})"}
     if not isinstance(data, dict):
         return {"id": None, "text": "", "error": NOT_TEXT}
     return record(data.get("id"), data.get("text"))

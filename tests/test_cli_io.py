@@ -49,6 +49,13 @@ def test_a_numeric_id_keeps_its_json_type(folder, tmp_path):
     assert [r["id"] for r in rows] == [7, 2.5, "7"] and rows[0]["entities"]
 
 
+def test_a_row_that_is_not_json_gets_only_its_error(folder, tmp_path):
+    good, bad = run_file(folder, tmp_path, b'{"id": "a", "text": "yesterday Alice met Bob"}\n{"id": "b", "text": "yesterday Alice met Bob"\n')
+    assert good["entities"] and "error" not in good
+    assert bad == {"id": "2", "text": "", "entities": [], "node": None, "error": bad["error"]}
+    assert bad["error"].startswith("line 2: not valid JSON")
+
+
 # every line break but "\n" (and one "\r" before it) stays inside its line; a lone "\r" too
 BREAKS = "one\x0btwo\x0cthree\x1cfour\x1d\x1efive\x85six\u2028seven\rhalf\r\nnext\n"
 
