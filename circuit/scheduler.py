@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .graph import Circuit
 
 TOKEN_BUDGET = 32_768  # padded tokens (longest text x texts) per micro-batch
+FIRST_CHUNK, MIN_CHUNK = 64, 16  # texts in a stream's first chunk, and in its smallest
 _OOM_MESSAGES = ("out of memory", "failed to allocate memory", "cuda_error_out_of_memory")
 log = logging.getLogger("babybear")
 
@@ -334,24 +335,30 @@ class Scheduler:
         routed = self._complete(job)
         return job.finish(routed), routed.stats  # type: ignore[misc]
 
-    def stream(self, texts: Iterable[str], ids: Iterable[str] | None = None, chunk: int = 10_000) -> Iterator[Answer]:
-        """Answer an iterable of any length in order, ``chunk`` texts at a time, at most two chunks in flight:
-        while the GPU nodes work on one chunk, the CPU nodes work on the next."""
-        if chunk < 1:
-            raise BabybearError(f"chunk must be >= 1, got {chunk}")
+    def stream(self, texts: Iterable[str], ids: Iterable[str] | None = None, chunk: int = 10_000, latency: float = 1.0) -> Iterator[Answer]:
+        """Answer an iterable of any length in order, a chunk at a time, at most two chunks in flight: while the GPU
+        nodes work on one chunk, the CPU nodes work on the next. Chunks start at 64 texts and then hold about
+        ``latency`` seconds of work (at most doubling from one to the next, at most ``chunk`` texts), so the first
+        answers come out at once and the rest steadily, in flat memory."""
+        if chunk < 1 or latency <= 0:
+            raise BabybearError(f"chunk must be >= 1 and latency > 0, got {chunk} and {latency}")
         _check_not_one_text(texts)
         texts_it = iter(texts)
         ids_it = iter(ids) if ids is not None else None
         in_flight: deque[_Job] = deque()
-        first = 0
-        while part := list(itertools.islice(texts_it, chunk)):
+        first, size, clock = 0, min(chunk, FIRST_CHUNK), time.perf_counter()
+        while part := list(itertools.islice(texts_it, size)):
             part_ids = list(itertools.islice(ids_it, len(part))) if ids_it is not None else None
             job = self._job(part, part_ids, first)
             first += len(part)
             self._advance(job)
             in_flight.append(job)
             if len(in_flight) == 2:
-                yield from self._answers(in_flight.popleft())
+                answers = self._answers(in_flight.popleft())
+                now = time.perf_counter()
+                rate = len(answers) / max(now - clock, 1e-6)  # texts per second, over the last chunk's turn
+                size, clock = max(min(chunk, MIN_CHUNK), min(chunk, 2 * size, int(rate * latency))), now
+                yield from answers
         while in_flight:
             yield from self._answers(in_flight.popleft())
 
