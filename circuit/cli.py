@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import BabybearError, CircuitValidationError
 from .graph import Circuit
@@ -22,7 +22,7 @@ from .records import parse_line, text_lines
 from .schema import budget_problems
 from .types import Span
 
-STREAM_CHUNK = 10_000  # `run` reads, answers and writes this many records at a time, in flat memory
+STREAM_CHUNK = 10_000  # `run` holds at most two chunks of this many records (smaller ones while answers are slow)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -86,22 +86,59 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     if args.input and args.output and Path(args.input).exists() and Path(args.output).exists() and os.path.samefile(args.input, args.output):
         raise BabybearError(f"--output {args.output} is the --input file: writing the answers would empty it before it is read")
+    if args.resume and not args.output:
+        raise BabybearError("--resume appends to an --output file: give --output (answers on stdout cannot be resumed)")
     if args.engine == "ray":
+        if args.resume:
+            raise BabybearError("--resume works with --engine local only: the ray engine writes its output file anew")
         _run_on_ray(args)
         return
     circuit = Circuit.load(args.dir)
     with contextlib.ExitStack() as files:
         # bytes both ways: UTF-8 whatever the locale, the same from a file as from stdin
         source = files.enter_context(open(args.input, "rb")) if args.input else sys.stdin.buffer
-        sink = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+        records = _records(text_lines(source))
+        done = 0
+        if args.resume and Path(args.output).exists():
+            sink = files.enter_context(open(args.output, "r+b"))
+            done = _skip_answered(sink, args.output, records)
+        else:
+            sink = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
         # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
-        for_texts, for_ids, for_output = itertools.tee(_records(text_lines(source)), 3)
+        for_texts, for_ids, for_output = itertools.tee(records, 3)
         texts, ids = (r["text"] for r in for_texts), (str(r["id"]) for r in for_ids)
         for answer, record in zip(circuit.stream(texts, ids, chunk=STREAM_CHUNK), for_output):
             out = {**answer.to_dict(), "id": record["id"]}  # the id as read: a JSON number stays a number
             if "error" in record:
                 out["error"] = record["error"]
             sink.write(f"{json.dumps(out, ensure_ascii=False)}\n".encode())
+            sink.flush()  # each answer as soon as it and all before it are known: a killed run leaves whole lines
+
+
+def _skip_answered(output: BinaryIO, name: str, records: Iterator[dict[str, Any]]) -> int:
+    """For ``--resume``: check the complete lines of ``output`` (open for reading and writing) against the next
+    ``records`` (which they consume), cut a partial last line and leave the file positioned to append after them.
+    Returns how many records were answered already."""
+    n = kept = 0
+    for line in output:
+        if not line.endswith(b"\n"):
+            break  # the run was killed while writing this line
+        n += 1
+        try:
+            row = json.loads(line)
+            answered = (row["id"], row["text"])
+        except (ValueError, KeyError, TypeError):
+            raise BabybearError(f"--resume: {name}, line {n} is not an answer of `babybear run` (expected JSON with \"id\" and \"text\")") from None
+        expected = next(records, None)
+        if expected is None:
+            raise BabybearError(f"--resume: {name} has more lines than the input has records ({n} or more): is it the output of this input?")
+        if answered != (expected["id"], expected["text"]):
+            what = f"id {answered[0]!r}, the input's {expected['id']!r}" if answered[0] != expected["id"] else "the text differs from the input's"
+            raise BabybearError(f"--resume: {name}, line {n} does not answer input record {n} ({what}): is it the output of this input?")
+        kept += len(line)
+    output.seek(kept)
+    output.truncate()
+    return n
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:
@@ -321,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSONL file; stdout by default")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data actor pools (pip install 'babybear[ray]'); JSONL or Parquet in and out")
     p.add_argument("--workers", type=int, default=1, help="with --engine ray: babybear (CPU) actors")
+    p.add_argument("--resume", action="store_true", help="keep the answers already in --output (a partial last line dropped) and answer the rest")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")
