@@ -102,18 +102,7 @@ def toy_circuit():
 
 
 # -- real models ----------------------------------------------------------------------------------------------
-ODD_TEXTS = [
-    "",
-    "   \n\t ",
-    "Gordon Brown met Tony Blair in London. " * 2600,  # ~100,000 characters of sentences
-    "supercalifragilistic" * 5_000,  # one 100,000-character word
-    "Control\x00chars\x07in\x1bthe\x7fmiddle of Paris",
-    "\x00\x07\x1b[0m\u200b\x7f",  # nothing but control and zero-width characters
-    "Emoji 👍🏽 and ❤️ next to Microsoft 🚀",
-    "😀🇬🇧👩‍👩‍👧 hi 😀",
-    "Mixed scripts: 東京 Tokyo, Москва Moscow, हिन्दी, العربية, café, naïve",
-]
-"""Inputs every node must answer, one prediction each, in order: empty, blank, long, control, emoji, scripts."""
+from circuit.testing import ODD_TEXTS  # noqa: E402  (the conformance battery's odd inputs)
 
 N = TypeVar("N", bound=Node)
 
