@@ -161,7 +161,7 @@ def test_eval_warns_when_no_gold_label_is_one_of_the_circuits(folder, tmp_path, 
     assert (warning in err) == warned
 
 
-@pytest.mark.parametrize(("content", "message"), [(None, "not found"), ("{}", "cannot read it: 'preds'")])
+@pytest.mark.parametrize(("content", "message"), [(None, "not found"), ("{}", "cannot read it: lacks n_calibration, texts, costs, preds")])
 def test_a_missing_or_damaged_audit_file_is_named_as_an_audit(folder, tmp_path, capsys, content, message):
     audit = tmp_path / "audit.json"
     if content is not None:
