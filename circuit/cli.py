@@ -11,13 +11,18 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
 from .errors import BabybearError, CircuitValidationError
 from .graph import Circuit
+from .progress import console
 from .records import parse_line, text_lines
 from .schema import budget_problems
 from .types import Span
@@ -104,6 +109,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             done = _skip_answered(sink, args.output, records)
         else:
             sink = files.enter_context(open(args.output, "wb")) if args.output else sys.stdout.buffer
+        total = _count_lines(args.input) if args.input and not args.quiet and Path(args.input).is_file() else None
+        advance = files.enter_context(_progress(total, done, enabled=not args.quiet))
         # three readers of one stream: tee keeps only the records between the slowest and the fastest (a few chunks)
         for_texts, for_ids, for_output = itertools.tee(records, 3)
         texts, ids = (r["text"] for r in for_texts), (str(r["id"]) for r in for_ids)
@@ -113,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 out["error"] = record["error"]
             sink.write(f"{json.dumps(out, ensure_ascii=False)}\n".encode())
             sink.flush()  # each answer as soon as it and all before it are known: a killed run leaves whole lines
+            advance()
 
 
 def _skip_answered(output: BinaryIO, name: str, records: Iterator[dict[str, Any]]) -> int:
@@ -139,6 +147,38 @@ def _skip_answered(output: BinaryIO, name: str, records: Iterator[dict[str, Any]
     output.seek(kept)
     output.truncate()
     return n
+
+
+def _count_lines(path: str) -> int:
+    """How many lines ``run`` reads from the file at ``path`` (a last line without ``\\n`` counts)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as data:
+        while block := data.read(1 << 20):
+            n, last = n + block.count(b"\n"), block[-1:]
+    return n + (last != b"\n")
+
+
+class _Rate(ProgressColumn):
+    """Texts answered per second since the start, and the time left at that rate when the total is known (rich's
+    own speed reads only the last 1,000 steps: one burst of answers)."""
+
+    def render(self, task: Task) -> Text:
+        rate = (task.completed - task.fields["done"]) / max(task.elapsed or 0, 1e-3)
+        left = f", {timedelta(seconds=round((task.total - task.completed) / rate))} left" if task.total is not None and rate else ""
+        return Text(f"{rate:,.0f} texts/s{left}")
+
+
+@contextlib.contextmanager
+def _progress(total: int | None, done: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """Progress on stderr: texts answered and texts/s, with a bar when ``total`` is known (``done`` of them
+    already); yields the function to call once per text answered."""
+    if not enabled:
+        yield lambda: None
+        return
+    count = [BarColumn(bar_width=20), MofNCompleteColumn()] if total is not None else [TextColumn("{task.completed:,} texts")]
+    with Progress(TextColumn("answered"), *count, _Rate(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("run", total=total, completed=done, done=done)
+        yield lambda: bar.advance(task)
 
 
 def _run_on_ray(args: argparse.Namespace) -> None:
@@ -359,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data actor pools (pip install 'babybear[ray]'); JSONL or Parquet in and out")
     p.add_argument("--workers", type=int, default=1, help="with --engine ray: babybear (CPU) actors")
     p.add_argument("--resume", action="store_true", help="keep the answers already in --output (a partial last line dropped) and answer the rest")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="compare a fitted circuit with its mamabear alone on the same texts")

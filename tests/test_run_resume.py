@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -60,13 +61,13 @@ def corpus(n: int) -> str:
 
 
 def run(folder: Path, source: Path, output: Path, *flags: str) -> int:
-    return main(["run", str(folder), "--input", str(source), "--output", str(output), *flags])
+    return main(["run", str(folder), "--input", str(source), "--output", str(output), "--quiet", *flags])
 
 
 def test_a_killed_run_leaves_whole_lines_and_resume_finishes_it_as_one_run_would(folder, tmp_path):
     source, killed, whole = tmp_path / "in.jsonl", tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
     source.write_text(corpus(2000), encoding="utf-8")
-    code = f"import sys, tests.test_run_resume; from circuit.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(source)!r}, '--output', {str(killed)!r}]))"
+    code = f"import sys, tests.test_run_resume; from circuit.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(source)!r}, '--output', {str(killed)!r}, '--quiet']))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while proc.poll() is None and not (killed.exists() and killed.stat().st_size) and time.monotonic() < deadline:
@@ -132,3 +133,16 @@ def test_resume_needs_an_output_file_and_the_local_engine(folder, tmp_path, caps
     assert main(["run", str(folder), "--input", str(tmp_path / "in.txt"), "--resume", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"babybear: error: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+@pytest.mark.parametrize("stdin", [False, True])
+def test_progress_on_stderr_unless_quiet(folder, tmp_path, capsys, monkeypatch, quiet, stdin):
+    data = "\n".join(synthetic_texts(50)) + "\n"
+    (tmp_path / "in.txt").write_text(data, encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+    source = [] if stdin else ["--input", str(tmp_path / "in.txt")]
+    assert main(["run", str(folder), *source, "--output", str(tmp_path / "out.jsonl"), *["--quiet"] * quiet]) == 0
+    err = capsys.readouterr().err
+    # a bar with a count of a known total from a file; a count from stdin
+    assert err == "" if quiet else ("answered" in err and ("50 texts" if stdin else "50/50") in err and "texts/s" in err)
