@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from . import registry
@@ -28,7 +32,7 @@ from .node import Gate, Node
 from .routing import CachedRun, Edge, Topology, gate_evidence
 from .optimizer import Method, check_budget, optimize
 from .scheduler import Routed, Scheduler
-from .schema import Budget, CircuitSpec, budget_problems, load_spec, pydantic_problems, validate
+from .schema import Budget, CircuitSpec, budget_problems, load_spec, name_problem, pydantic_problems, validate
 from .text import n_tokens, pieces, split_text, stitch_spans
 from .types import Answer, Prediction, Span
 
@@ -452,10 +456,15 @@ class Circuit:
         answered = {n: 0 for n in self.topology.order}
         for a in answers:
             answered[a.node] += 1
+        # the calls hide that the hard texts are the long ones: tokens (whitespace words) of the texts the
+        # mamabear answered (a long text counts whole when it answered any of its chunks)
+        tokens = np.array([n_tokens(t) for t in texts])
+        to_mama = np.array([a.node == mama for a in answers], dtype=bool)
         report: dict[str, Any] = {
             "texts": len(texts),
             "texts_per_node": answered,
             "mamabear_calls_avoided": 1.0 - stats[mama]["texts"] / max(len(units), 1),
+            "mamabear_tokens_avoided": 1.0 - float(tokens[to_mama].sum()) / max(int(tokens.sum()), 1),
             "entity_f1_vs_mamabear": seqeval_f1(texts, [a.spans for a in answers], ref),
             "wall_time_ratio": circuit_seconds / max(mama_seconds, 1e-9),
             "circuit_seconds": circuit_seconds,
@@ -470,36 +479,59 @@ class Circuit:
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the fitted circuit to a folder: circuit.yaml, nodes/<name>/, gates/<source>--<target>.json, report.json
-        (and heldout.json after a fit). nodes/ and gates/ are written beside the old ones first, then replace them
-        whole, so no file of an earlier save survives; other files in the folder (report plots, say) stay."""
+        (and heldout.json after a fit); other files in the folder (report plots, say) stay.
+
+        Atomic and exclusive: under the folder's lock (see :func:`folder_lock`) the whole new circuit is written to
+        a fresh folder inside it, renamed to ``.commit`` once complete, and its pieces then replace the old ones
+        whole, so no file of an earlier save survives. A load (which takes the lock too) sees the old circuit or
+        the new one, never a mix; a save cut short before ``.commit`` leaves the old circuit, one cut short after
+        it is finished by the next load or save."""
         path = Path(path)
-        fresh = path / ".saving"
-        shutil.rmtree(fresh, ignore_errors=True)
-        (fresh / "gates").mkdir(parents=True)
         for name in self.graph:
-            (fresh / "nodes" / name).mkdir(parents=True)
-            self.node(name).to_disk(fresh / "nodes" / name)
-        for s, t, data in self.graph.edges(data=True):
-            (fresh / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
-        for part in ("nodes", "gates"):
-            shutil.rmtree(path / part, ignore_errors=True)
-            (fresh / part).rename(path / part)
-        fresh.rmdir()
-        self.to_yaml(path / "circuit.yaml")
-        if self.cache_ is not None:
-            _save_cache(path / "heldout.json", self.heldout_texts_, self.cache_, self.n_calibration_)
-        else:
-            (path / "heldout.json").unlink(missing_ok=True)
-        costs = {n: self.node(n).cost_ for n in self.graph}
-        (path / "report.json").write_text(json.dumps({**self.report_, "costs_seconds_per_token": costs}, indent=2), encoding="utf-8")
+            problem = name_problem(name)
+            if problem:
+                raise BabybearError(f"cannot save node {name!r} into {path}: {problem}")
+        path.mkdir(parents=True, exist_ok=True)
+        with folder_lock(path):
+            staging = path / f"{_STAGING}{uuid.uuid4().hex}"
+            try:
+                self._write_pieces(staging)
+                (staging / _MANIFEST).write_text(json.dumps([p for p in PIECES if (staging / p).exists()]), encoding="utf-8")
+                staging.rename(path / _COMMIT)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            _finish_commit(path)
         return path
+
+    def _write_pieces(self, folder: Path) -> None:
+        """Write every piece of the saved circuit into the new folder ``folder``."""
+        (folder / "gates").mkdir(parents=True)
+        for name in self.graph:
+            (folder / "nodes" / name).mkdir(parents=True)
+            self.node(name).to_disk(folder / "nodes" / name)
+        for s, t, data in self.graph.edges(data=True):
+            (folder / "gates" / f"{s}--{t}.json").write_text(json.dumps(data["gate"].to_dict()), encoding="utf-8")
+        self.to_yaml(folder / "circuit.yaml")
+        if self.cache_ is not None:
+            _save_cache(folder / "heldout.json", self.heldout_texts_, self.cache_, self.n_calibration_)
+        costs = {n: self.node(n).cost_ for n in self.graph}
+        (folder / "report.json").write_text(json.dumps({**self.report_, "costs_seconds_per_token": costs}, indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        """Load a folder written by :meth:`save`. Reads YAML, JSON, and each node's own files; runs no code from it."""
+        """Load a folder written by :meth:`save`, under its lock. Reads YAML, JSON, and each node's own files, all
+        inside the folder (a link out of it is refused); runs no code from it."""
         path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"{path}: not a fitted circuit folder (no circuit.yaml)")
+        with folder_lock(path):
+            return cls._read(path)
+
+    @classmethod
+    def _read(cls, path: Path) -> Circuit:
         if not (path / "circuit.yaml").is_file():
             raise ArtifactError(f"{path}: not a fitted circuit folder (no circuit.yaml)")
+        _refuse_links_out(path)
         circuit = cls.from_spec(load_spec(path / "circuit.yaml"))
         for name in circuit.graph:
             folder = path / "nodes" / name
@@ -533,10 +565,82 @@ class Circuit:
         return circuit
 
 
+LOCK_FILE = ".babybear.lock"
+LOCK_TIMEOUT_S = 60.0  # how long a save or load waits for another one on the same folder before giving up
+PIECES = ("nodes", "gates", "heldout.json", "report.json", "circuit.yaml")  # what a save writes and replaces
+_STAGING = ".saving"  # prefix of the folder a save writes its pieces into
+_COMMIT = ".commit"  # a save's complete pieces, being moved into place
+_MANIFEST = "pieces.json"  # in _COMMIT: the pieces it holds; the others are removed from the folder
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold a circuit folder's lock (the file ``.babybear.lock`` in it, via ``filelock``) while saving or reading
+    it, after finishing any save a crash cut short. Raises :class:`BabybearError` naming the folder when another
+    process holds the lock for more than ``LOCK_TIMEOUT_S`` seconds. A folder this process cannot write is read
+    without it (nor could it hold a lock file)."""
+    if not os.access(folder, os.W_OK):
+        if (folder / _COMMIT).exists():
+            raise ArtifactError(f"{folder}: a save was cut short ({_COMMIT} is there) and the folder is read-only here; load it once where it can be written")
+        yield
+        return
+    lock = FileLock(folder / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BabybearError(
+            f"{folder}: another process has been saving or loading this circuit folder for over {LOCK_TIMEOUT_S:.0f} s "
+            f"(it holds {folder / LOCK_FILE}); try again when it is done"
+        ) from None
+    try:
+        _finish_commit(folder)
+        yield
+    finally:
+        lock.release()
+
+
+def _finish_commit(folder: Path) -> None:
+    """Move a complete save's pieces from ``.commit`` into place (each step can be repeated after a crash), and
+    remove what saves cut short before they were complete left behind. Runs under the folder's lock."""
+    commit = folder / _COMMIT
+    if commit.is_dir():
+        try:
+            pieces = json.loads((commit / _MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ArtifactError(f"{commit / _MANIFEST}: cannot read the pieces of a save that was cut short: {err}") from err
+        replaced = commit / "replaced"
+        replaced.mkdir(exist_ok=True)
+        for piece in PIECES:
+            new, old = commit / piece, folder / piece
+            if piece in pieces and not new.exists():
+                continue  # moved in before a crash
+            if old.is_symlink() or old.exists():
+                os.replace(old, replaced / piece)
+            if piece in pieces:
+                os.replace(new, old)
+        shutil.rmtree(commit)
+    for stale in folder.glob(f"{_STAGING}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _refuse_links_out(folder: Path) -> None:
+    """Raise :class:`ArtifactError` for a link anywhere in ``folder`` that leads outside it."""
+    root = folder.resolve()
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = Path(parent) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise ArtifactError(f"{entry}: a link to {entry.resolve()}, outside the circuit folder; a saved circuit holds only its own files")
+
+
 def folder_files(folder: Path, skip: frozenset[str] = frozenset()) -> dict[str, bytes | None]:
-    """A folder's contents by relative path: each file's bytes, None for a folder (so empty ones travel too);
-    entries named in ``skip`` are left out. :func:`write_folder_files` writes them back."""
-    return {f.relative_to(folder).as_posix(): f.read_bytes() if f.is_file() else None for f in sorted(folder.rglob("*")) if f.name not in skip}
+    """A circuit folder's contents by relative path, read under its lock: each file's bytes, None for a folder
+    (so empty ones travel too); entries named in ``skip`` and the lock file are left out, and a link out of the
+    folder is refused. :func:`write_folder_files` writes them back."""
+    skip = skip | {LOCK_FILE}
+    with folder_lock(folder):
+        _refuse_links_out(folder)
+        return {f.relative_to(folder).as_posix(): f.read_bytes() if f.is_file() else None for f in sorted(folder.rglob("*")) if f.name not in skip}
 
 
 def write_folder_files(files: Mapping[str, bytes | None], folder: Path) -> None:

@@ -18,22 +18,9 @@ from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationErro
 from circuit.cli import main
 from nodes.mamabear_spacy import SpacyNER
 from tests.conftest import FIXTURES, synthetic_texts
+from tests.saved_folder import folder, saved  # noqa: F401 - fixtures
 
 ESCAPE = "../../../escape/memo"
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    from tests.conftest import CapsMamabear, Memorizer
-
-    circuit = Circuit("toy", {"min_entity_f1": 0.95}).add("memo", Memorizer()).add("mama", CapsMamabear()).connect("memo", "mama")
-    return circuit.fit(synthetic_texts(400), progress=False).save(tmp_path_factory.mktemp("saved") / "fitted")
-
-
-@pytest.fixture
-def folder(saved, tmp_path) -> Path:
-    """A fresh copy of the saved circuit, deep enough that ESCAPE (from nodes/ or gates/) lands in tmp_path/a/escape."""
-    return Path(shutil.copytree(saved, tmp_path / "a" / "b" / "fitted"))
 
 
 def edit_json(file: Path, change) -> None:
@@ -91,6 +78,15 @@ def test_fit_refuses_a_node_name_that_climbs_out_of_out_before_writing_anything(
     assert main(["fit", str(tmp_path / "escape.yaml"), "--corpus", str(tmp_path / "corpus.txt"), "--out", str(out), "--quiet"]) == 2
     assert "invalid node name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "escape.yaml"]
+
+
+def test_a_link_out_of_the_folder_is_refused(folder, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(folder / "nodes" / "memo", outside)
+    shutil.rmtree(folder / "nodes" / "memo")
+    (folder / "nodes" / "memo").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ArtifactError, match=f"{folder / 'nodes' / 'memo'}: a link to {outside}, outside the circuit folder"):
+        Circuit.load(folder)
 
 
 @pytest.mark.parametrize(
