@@ -175,7 +175,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         node = HFTokenClassifier(model=str(folder), device=args.device, keep_token_probs=False)
         node.warm_up()
-        circuit.graph.nodes[mama]["node"] = node
+        circuit.slot(mama).node = node
         naive = naive_hf(str(folder), "cuda" if node.device == "gpu" else "cpu")
         mamabear = f"BERT-large-shaped token classifier, {args.layers} layers, RANDOM weights (timing only), HFTokenClassifier"
         notes.append("The mamabear has random weights: its entities are meaningless, so entity F1 figures measure only agreement "

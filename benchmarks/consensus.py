@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     circuit = Circuit.load(args.fitted)
-    run = circuit.cache_
+    run = circuit.heldout_.run
     ref = [p.spans for p in run.reference]
     first = [p.spans for p in run.preds[args.first]]
     second = [p.spans for p in run.preds[args.second]]

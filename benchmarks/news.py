@@ -94,7 +94,7 @@ def main() -> None:
             circuit.tune(budget, costs=costs)
             report = circuit.evaluate(test)
             report["thresholds"] = {f"{s}->{t}": v for (s, t), v in circuit.thresholds.items()}
-            report["enabled"] = {n: circuit.graph.nodes[n]["enabled"] for n in circuit.graph}
+            report["enabled"] = {n: circuit.slot(n).enabled for n in circuit.graph}
             report["tuning"] = circuit.report_["tuning"]
             report["cost_override"] = circuit.report_["cost_override"]
             report["f1_lower_bound_on_tuning"] = circuit.report_.get("optimizer", {}).get("f1_lower_bound")

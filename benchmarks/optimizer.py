@@ -31,7 +31,7 @@ from circuit.audit import Audit
 from circuit.corpus import wnut_sentences
 from circuit.optimizer import optimize
 from circuit.routing import CachedRun
-from circuit.text import n_tokens
+from circuit.heldout import Heldout
 
 METHODS = {  # name -> optimize() arguments
     "nearest": {"method": "nearest"},
@@ -42,15 +42,14 @@ METHODS = {  # name -> optimize() arguments
 
 
 def cache(circuit: Circuit, texts: list[str], batch_size: int = 256) -> CachedRun:
-    """Every node's output and every gate's score on ``texts``."""
+    """Every node's output and every gate's score on ``texts`` (with each edge's agree_with evidence)."""
     topo = circuit.topology
     preds = {}
     for name in topo.order:
         node = circuit.node(name)
         preds[name] = [p for k in range(0, len(texts), batch_size) for p in node.predict_batch(texts[k : k + batch_size])]
-    scores = {(s, t): circuit.graph.edges[s, t]["gate"].score([p.evidence for p in preds[s]]) for s, t in topo.edges}
     costs = {n: float(circuit.node(n).cost_ or 0.0) for n in topo.order}
-    return CachedRun(topo, preds, scores, costs, np.array([n_tokens(t) for t in texts]))
+    return Heldout.build(texts, preds, costs, 0, circuit).rescore(circuit).run
 
 
 def summary(run: CachedRun, thresholds: dict) -> dict:
@@ -74,7 +73,7 @@ def main() -> None:
 
     circuit = Circuit.load(args.circuit)
     circuit.warm_up()
-    pool = circuit.cache_.subset(np.arange(circuit.n_calibration_, circuit.cache_.n))
+    pool = circuit.heldout_.tuning
     test_texts = [t for t in Path(args.test).read_text(encoding="utf-8").splitlines() if t.strip()][: args.test_limit]
     start = time.perf_counter()
     test = cache(circuit, test_texts)

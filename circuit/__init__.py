@@ -1,7 +1,7 @@
 """babybear's engine: circuits of cheap NER models in front of an expensive one, within an entity-F1 budget."""
 
 from .errors import ArtifactError, BabybearError, CircuitValidationError, NodeError, NotFittedError, Problem
-from .graph import Circuit
+from .circuit import Circuit
 from .node import Gate, Node, Params
 from .registry import register_gate, register_node
 from .schema import Budget

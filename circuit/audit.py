@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, BabybearError
-from .graph import Circuit, _load_cache, _save_cache
+from .circuit import Circuit
+from .heldout import Heldout
 from .metrics import f1, span_counts
 from .routing import CachedRun
 from .scheduler import Scheduler
-from .text import n_tokens, pieces
+from .text import pieces
 from .types import Answer, Prediction, Span
 
 N_BOOTSTRAP = 1000
@@ -133,19 +134,23 @@ class Audit:
             "alarm": bool(m >= MIN_AUDITED and hi < budget.min_entity_f1),
         }
 
-    def cached_run(self) -> CachedRun:
-        """Every node's output and gate score on the audited texts: tuning data from the current traffic."""
+    def checked(self) -> Heldout:
+        """The audited texts with every node's output and gate score on them, as a held-out cache none of whose rows
+        calibrate (all tune)."""
         c = self.circuit
         if not self.texts:
             raise BabybearError("the audit has no checked texts yet: answer some texts and call flush() first")
-        scores = {(s, t): c.graph.edges[s, t]["gate"].score(c.gate_evidence(s, t, self.preds)) for s, t in c.graph.edges}
         costs = {n: float(c.node(n).cost_ or 0.0) for n in c.topology.order}
-        return CachedRun(c.topology, {n: list(p) for n, p in self.preds.items()}, scores, costs, np.array([n_tokens(t) for t in self.texts]))
+        return Heldout.build(list(self.texts), {n: list(p) for n, p in self.preds.items()}, costs, 0, c).rescore(c)
+
+    def cached_run(self) -> CachedRun:
+        """Every node's output and gate score on the audited texts: tuning data from the current traffic."""
+        return self.checked().run
 
     def save(self, path: str | Path) -> Path:
         """Write the audited texts and every node's output as JSON (the held-out cache's format)."""
         path = Path(path)
-        _save_cache(path, self.texts, self.cached_run(), 0)
+        self.checked().save(path)
         return path
 
 
@@ -155,7 +160,7 @@ def load_run(path: str | Path, circuit: Circuit) -> CachedRun:
     if not path.is_file():
         raise ArtifactError(f"audit file {path}: not found (Audit.save writes one)")
     try:
-        return _load_cache(path, circuit)[1]
+        return Heldout.load(path, circuit).run
     except ArtifactError as err:  # it speaks of the held-out cache, whose format an audit shares
         detail = f"cannot read it: {err.__cause__}" if err.__cause__ else str(err).removeprefix(f"{path}: ")
         raise ArtifactError(f"audit file {path}: {detail}") from err

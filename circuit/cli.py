@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from .errors import BabybearError, CircuitValidationError
-from .graph import Circuit
+from .circuit import Circuit
 from .progress import console
 from .records import parse_line, text_lines
 from .schema import budget_problems
@@ -213,9 +213,9 @@ def _read_gold(path: str) -> tuple[list[str], list[list[Span]]]:
 def _warn_if_no_gold_label_is_the_circuits(circuit: Circuit, gold: list[list[Span]]) -> None:
     """Scoring against gold counts exact labels: warn when no gold label is among those of the mamabear's answers
     on the held-out texts (e.g. WNUT's person, geo-loc, ... against OntoNotes' PERSON, GPE, ...)."""
-    if circuit.cache_ is None:
+    if circuit.heldout_ is None:
         return
-    ours = {s.label for p in circuit.cache_.preds[circuit.mamabear] for s in p.spans}
+    ours = {s.label for p in circuit.heldout_.run.reference for s in p.spans}
     theirs = {s.label for spans in gold for s in spans}
     if ours and theirs and not ours & theirs:
         print(
@@ -239,14 +239,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(json.dumps(report))
         return
     print(f"texts: {report['texts']}")
-    print(f"mamabear calls avoided: {report['mamabear_calls_avoided']:.1%}")
+    print(f"mamabear calls avoided: {report['mamabear_calls_avoided']:.1%} (tokens avoided: {report['mamabear_tokens_avoided']:.1%})")
     print(f"entity-F1 vs mamabear: {report['entity_f1_vs_mamabear']:.4f} (budget {circuit.budget.min_entity_f1})")
     print(f"wall time, circuit / mamabear alone: {report['wall_time_ratio']:.2f}")
     if "entity_f1_vs_gold" in report:
         vs_gold = report["entity_f1_vs_gold"]
         print(f"entity-F1 vs gold: circuit {vs_gold['circuit']:.4f}, mamabear alone {vs_gold['mamabear']:.4f}")
     for name, n in report["texts_per_node"].items():
-        if not circuit.graph.nodes[name]["enabled"]:
+        if not circuit.slot(name).enabled:
             print(f"  {name:>12}: switched off by tuning (it did not earn back its cost)")
             continue
         cost = report["node_cost_seconds_per_text"][name]
@@ -327,15 +327,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from . import plots
     from .optimizer import optimize
 
     circuit = Circuit.load(args.dir)
-    if circuit.cache_ is None:
+    if circuit.heldout_ is None:
         raise BabybearError(f"{args.dir}: no held-out cache (heldout.json): refit the circuit to report on it")
-    run = circuit.cache_.subset(np.arange(circuit.n_calibration_, circuit.cache_.n))
+    run = circuit.heldout_.tuning
     thresholds = circuit.thresholds
     now = run.evaluate(thresholds)
     # The frontier is in the units the circuit was tuned in: prices where tune had a cost override, else seconds.

@@ -45,10 +45,9 @@ import numpy as np
 from scipy import stats
 
 from .errors import BabybearError
-from .metrics import f1
+from .metrics import f1, span_counts
 from .routing import CachedRun, Edge, Topology, merge
 from .schema import Budget, budget_problems
-from .tuning import per_edge_thresholds
 
 Method = Literal["joint", "per_edge", "nearest"]
 Search = Literal["auto", "grid", "coordinate"]
@@ -437,3 +436,31 @@ def _f1_lower_t(counts: np.ndarray, confidence: float) -> float:
         x = 2 * (1 - mid) * counts[:, 0] - mid * (counts[:, 1] + counts[:, 2])
         lo, hi = (mid, hi) if _t_pvalue(x) <= 1 - confidence else (lo, mid)
     return lo
+
+
+def per_edge_thresholds(run: CachedRun, min_f1: float) -> dict[Edge, float]:
+    """The per-edge rule (``method="per_edge"``): in topological order, each edge gets the lowest threshold at which
+    the sentences that stop at its source still agree with the mamabear at entity-F1 >= ``min_f1``. Pooled counts
+    of groups that each reach an F1 are at least that F1 (a mediant), so the whole circuit meets the budget on the
+    tuning data when every stop does. A point estimate, kept for comparison: the joint method adds the guarantee."""
+    topo = run.topology
+    thresholds: dict[Edge, float] = {e: 1.0 for e in topo.edges}  # 1.0: every sentence goes on
+    for edge in topo.edges_in_order():
+        source = edge[0]
+        at_source = np.flatnonzero(run.reach(thresholds)[source])
+        if not len(at_source):
+            continue
+        answers = run.exit_answers(source)
+        scores = run.scores[edge][at_source]
+        order = np.argsort(-scores, kind="stable")
+        counts = np.array([span_counts(answers[i], run.reference[i].spans) for i in at_source[order]]).reshape(-1, 3)
+        tp, fp, fn = (np.cumsum(counts[:, k]) for k in range(3))
+        denom = 2 * tp + fp + fn
+        f1s = np.where(denom == 0, 1.0, 2 * tp / np.maximum(denom, 1))
+        sorted_scores = scores[order]
+        # a cut after position k lets the top k+1 stop; only cut between distinct scores
+        distinct = np.append(sorted_scores[:-1] > sorted_scores[1:], True)
+        ok = np.flatnonzero((f1s >= min_f1) & distinct)
+        if len(ok):
+            thresholds[edge] = float(sorted_scores[ok[-1]])
+    return thresholds

@@ -2,7 +2,7 @@
 
 Two actor pools share the work, as the circuit does:
 
-* **babybears** (CPU actors): each text is cut into units as :class:`~circuit.graph.Circuit` does, and the units
+* **babybears** (CPU actors): each text is cut into units as :class:`~circuit.circuit.Circuit` does, and the units
   are routed through every babybear; the mamabear is stood in for by a placeholder, so a unit that would reach
   it is only marked.
 * **mamabear** (one GPU per actor when the cluster has GPUs, CPU otherwise): answers the marked units, then every
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BabybearError, NodeError
-from .graph import Circuit, folder_files, write_folder_files
+from .artifacts import folder_files, write_folder_files
+from .circuit import Circuit
 from .node import Node
 from .records import parse_line, record, text_lines
 from .scheduler import Scheduler, text_answer
@@ -107,7 +108,7 @@ class BabybearStage:
         for name in self.circuit.graph:
             if name != self.mamabear:
                 self.circuit.node(name).warm_up()
-        self.circuit.graph.nodes[self.mamabear]["node"] = _Deferred()
+        self.circuit.slot(self.mamabear).node = _Deferred()
         self.lines = lines
         self.batch_size = batch_size
 

@@ -22,8 +22,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import networkx as nx
 import numpy as np
 
@@ -31,11 +29,9 @@ from .errors import BabybearError, NodeError, NotFittedError
 from .node import Node
 from .progress import track
 from .routing import merge
+from .structure import Structure
 from .text import n_tokens, split_text, stitch_spans
 from .types import Answer, Prediction, Span
-
-if TYPE_CHECKING:
-    from .graph import Circuit
 
 TOKEN_BUDGET = 32_768  # padded tokens (longest text x texts) per micro-batch
 FIRST_CHUNK, MIN_CHUNK = 64, 16  # texts in a stream's first chunk, and in its smallest
@@ -133,7 +129,7 @@ class Scheduler:
     manager (or call :meth:`close`) to stop the GPU worker thread.
     """
 
-    def __init__(self, circuit: Circuit, batch_size: int = 256, token_budget: int = TOKEN_BUDGET, progress: bool = False) -> None:
+    def __init__(self, circuit: Structure, batch_size: int = 256, token_budget: int = TOKEN_BUDGET, progress: bool = False) -> None:
         if batch_size < 1 or token_budget < 1:
             raise BabybearError(f"batch_size and token_budget must be >= 1, got {batch_size} and {token_budget}")
         self.circuit = circuit
@@ -218,7 +214,7 @@ class Scheduler:
             wave = sorted(wave, key=rank.__getitem__)
             idx = {name: np.flatnonzero(reach[name] & ~failed) for name in wave}
             for name in topo.disabled.intersection(wave):  # switched off: everything that reaches it goes on
-                for succ in circuit.graph.successors(name):
+                for succ in circuit.successors(name):
                     reach[succ][idx[name]] = True
             work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix) and name not in topo.disabled}
             results = (yield work) if work else {}
@@ -234,9 +230,9 @@ class Scheduler:
                         failed[ix[j]] = True
                     else:
                         broken[name][ix[j]] = True
-                for succ in circuit.graph.successors(name):
-                    edge = circuit.graph.edges[name, succ]
-                    other = edge["agree_with"]
+                for succ in circuit.successors(name):
+                    edge = circuit.edge(name, succ)
+                    other = edge.agree_with
                     # a unit this node, or the node its gate compares with, failed on is not sure: it goes on
                     sure = ok & ~broken[other][ix] if other else ok
                     reach[succ][ix[~sure]] = True
@@ -244,8 +240,8 @@ class Scheduler:
                     if not len(good):
                         continue
                     here = {v: [preds[v][i] for i in good.tolist()] for v in (name, other) if v is not None}
-                    scores = edge["gate"].score(circuit.gate_evidence(name, succ, here))
-                    reach[succ][good[scores < edge["threshold"]]] = True
+                    scores = edge.gate.score(circuit.gate_evidence(name, succ, here))
+                    reach[succ][good[scores < edge.threshold]] = True
                     lowest[name][good] = np.minimum(lowest[name][good], scores)
         spans, exits, confidences = [], [], []
         for i in range(n):

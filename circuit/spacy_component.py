@@ -30,7 +30,8 @@ from spacy.util import minibatch
 from spacy.vocab import Vocab
 
 from .errors import ArtifactError, BabybearError
-from .graph import Circuit, folder_files, write_folder_files
+from .artifacts import folder_files, write_folder_files
+from .circuit import Circuit
 from .types import Answer
 
 EXTENSION = "babybear"

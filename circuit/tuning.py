@@ -1,38 +1,75 @@
-"""Setting thresholds on a fitted circuit from cached held-out outputs.
-
-The per-edge rule: in topological order, each edge gets the lowest threshold at which the sentences that stop
-at its source still agree with the mamabear at entity-F1 >= budget. Pooled counts of groups that each reach
-an F1 are at least that F1 (a mediant), so the whole circuit meets the budget on the tuning data when every
-stop does. The rule is a point estimate; the joint optimizer adds the statistical guarantee.
-"""
+"""Tuning: every threshold of a fitted circuit set for its budget from cached outputs, without running a model
+(the search and the statistical guarantee are :mod:`circuit.optimizer`'s)."""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from .metrics import span_counts
-from .routing import CachedRun, Edge
+from .errors import BabybearError, CircuitValidationError, NotFittedError
+from .optimizer import Method, optimize
+from .routing import CachedRun
+from .schema import budget_problems
+
+if TYPE_CHECKING:
+    from .circuit import Circuit
 
 
-def per_edge_thresholds(run: CachedRun, min_f1: float) -> dict[Edge, float]:
-    topo = run.topology
-    thresholds: dict[Edge, float] = {e: 1.0 for e in topo.edges}  # 1.0: every sentence goes on
-    for edge in topo.edges_in_order():
-        source = edge[0]
-        at_source = np.flatnonzero(run.reach(thresholds)[source])
-        if not len(at_source):
-            continue
-        answers = run.exit_answers(source)
-        scores = run.scores[edge][at_source]
-        order = np.argsort(-scores, kind="stable")
-        counts = np.array([span_counts(answers[i], run.reference[i].spans) for i in at_source[order]]).reshape(-1, 3)
-        tp, fp, fn = (np.cumsum(counts[:, k]) for k in range(3))
-        denom = 2 * tp + fp + fn
-        f1 = np.where(denom == 0, 1.0, 2 * tp / np.maximum(denom, 1))
-        sorted_scores = scores[order]
-        # a cut after position k lets the top k+1 stop; only cut between distinct scores
-        distinct = np.append(sorted_scores[:-1] > sorted_scores[1:], True)
-        ok = np.flatnonzero((f1 >= min_f1) & distinct)
-        if len(ok):
-            thresholds[edge] = float(sorted_scores[ok[-1]])
-    return thresholds
+def tune(
+    circuit: Circuit,
+    min_entity_f1: float | None = None,
+    method: Method = "joint",
+    run: CachedRun | None = None,
+    costs: dict[str, float] | None = None,
+    confidence: float | None = None,
+    **options: Any,
+) -> None:
+    """Set every threshold for the budget from cached outputs, without running a model.
+
+    ``min_entity_f1`` and ``confidence`` replace the budget's (checked before anything changes).
+
+    ``method``: "joint" (circuit.optimizer: all edges together, on a lower confidence bound), "per_edge"
+    or "nearest" (point-estimate rules kept for comparison). ``run`` tunes on other cached outputs (e.g.
+    :meth:`circuit.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows.
+    ``costs`` prices nodes per token in place of the costs measured during fit, for when the circuit will
+    run on other hardware than it was fitted on (``{"mamabear": 1.0, "crf": 0.0}`` minimises mamabear
+    calls alone); nodes it does not name keep their measured cost. ``options`` go to
+    :func:`circuit.optimizer.optimize`.
+    """
+    if run is None and circuit.heldout_ is None:
+        raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
+    update = {k: v for k, v in {"min_entity_f1": min_entity_f1, "confidence": confidence}.items() if v is not None}
+    if update:
+        budget = circuit.budget.model_copy(update=update)
+        problems = budget_problems(budget)
+        if problems:
+            raise CircuitValidationError(problems)
+        circuit.budget = budget
+    tuned_on = "held-out tuning split" if run is None else "given run"
+    if run is None:
+        run = circuit.heldout_.tuning
+    measured = run.costs
+    if costs:
+        unknown = sorted(set(costs) - set(circuit.graph))
+        if unknown:
+            raise BabybearError(f"costs: unknown node {', '.join(unknown)}; nodes: {', '.join(circuit.graph)}")
+        negative = sorted(n for n, c in costs.items() if not c >= 0)
+        if negative:
+            raise BabybearError(f"costs: {', '.join(negative)} must be a number >= 0")
+        run = replace(run, costs={**run.costs, **{n: float(c) for n, c in costs.items()}})
+    every_node_on = replace(circuit.topology, disabled=frozenset())
+    result = optimize(run.with_topology(every_node_on), circuit.budget, method=method, **options)
+    circuit.set_thresholds(result.thresholds)
+    for name in circuit.graph:
+        circuit.slot(name).enabled = name not in result.disabled
+    outcome = run.with_topology(circuit.topology).evaluate(circuit.thresholds)
+    circuit.report_.update(
+        budget=circuit.budget.model_dump(),
+        costs_seconds_per_token=measured,
+        cost_override={n: float(c) for n, c in (costs or {}).items()},
+        gates={f"{s}->{t}": {**circuit.edge(s, t).gate.report, "tuning": run.calibration((s, t))} for s, t in circuit.graph.edges},
+        thresholds={f"{s}->{t}": v for (s, t), v in circuit.thresholds.items()},
+        tuning={k: v for k, v in outcome.items() if k != "per_label"},
+        tuned_on={"source": tuned_on, "texts": run.n},
+        optimizer=result.to_dict(),
+    )

@@ -48,7 +48,7 @@ def test_warm_up_leaves_out_the_texts_the_mamabear_fails_on():
     warm_up = circuit.report_["warm_up"]
     assert warm_up["mamabear_failures"] == 5 and warm_up["units"] == len(set(texts))
     assert warm_up["train"] + warm_up["calibration"] + warm_up["tuning"] == len(set(texts))
-    assert not broken & set(circuit.heldout_texts_)
+    assert not broken & set(circuit.heldout_.texts)
 
 
 def test_warm_up_leaves_texts_a_babybear_fails_on_out_of_calibration_and_tuning():
@@ -60,10 +60,10 @@ def test_warm_up_leaves_texts_a_babybear_fails_on_out_of_calibration_and_tuning(
     circuit.fit([*texts, *broken], progress=False, block=1)
     warm_up = circuit.report_["warm_up"]
     failed = warm_up["babybear_failures"]
-    assert failed > 0 and not set(broken) & set(circuit.heldout_texts_)
-    assert warm_up["calibration"] + warm_up["tuning"] == len(circuit.heldout_texts_) == circuit.cache_.n
+    assert failed > 0 and not set(broken) & set(circuit.heldout_.texts)
+    assert warm_up["calibration"] + warm_up["tuning"] == len(circuit.heldout_.texts) == circuit.heldout_.run.n
     assert warm_up["train"] + warm_up["calibration"] + warm_up["tuning"] + failed == warm_up["units"]
-    assert len({id(p) for p in circuit.cache_.preds["memo"]}) == circuit.cache_.n  # no shared objects
+    assert len({id(p) for p in circuit.heldout_.run.preds["memo"]}) == circuit.heldout_.run.n  # no shared objects
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5, 0.0), (0.6, 0.3, 0.3), (0.6, -0.1, 0.5), (0.5, 0.5)])
@@ -136,7 +136,7 @@ def test_simulator_agrees_with_real_routing_sentence_for_sentence(fitted):
     answers, exits = routed.spans, routed.exits
     topo = fitted.topology
     preds = {n: fitted.node(n).predict_batch(texts) for n in topo.order}
-    scores = {e: fitted.graph.edges[e]["gate"].score([p.evidence for p in preds[e[0]]]) for e in topo.edges}
+    scores = {e: fitted.edge(*e).gate.score([p.evidence for p in preds[e[0]]]) for e in topo.edges}
     run = CachedRun(topo, preds, scores, {n: 1.0 for n in topo.order}, np.ones(len(texts)))
     reach = run.reach(fitted.thresholds)
     for i in range(len(texts)):
@@ -348,17 +348,17 @@ def test_a_switched_off_node_is_not_run_and_passes_everyone_on(fitted, tmp_path)
     register_node("test.CountingMemorizer.v1")(_Counting)
     circuit = Circuit("three").add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
     circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(600), progress=False)
-    circuit.graph.nodes["middle"]["enabled"] = False
+    circuit.slot("middle").enabled = False
     texts = synthetic_texts(100, seed=5)
     before = _Counting.calls
     answers = circuit(texts)
     assert _Counting.calls == before  # never run
     assert {a.node for a in answers} <= {"first", "mama"}
-    sim = circuit.cache_.with_topology(circuit.topology).evaluate(circuit.thresholds)
+    sim = circuit.heldout_.run.with_topology(circuit.topology).evaluate(circuit.thresholds)
     assert sim["reach"]["middle"] == sim["reach"]["mama"]  # everyone who reached it went on
     circuit.save(tmp_path / "off")
     assert "enabled: false" in (tmp_path / "off" / "circuit.yaml").read_text()
-    assert not Circuit.load(tmp_path / "off").graph.nodes["middle"]["enabled"]
+    assert not Circuit.load(tmp_path / "off").slot("middle").enabled
 
 
 def test_tune_switches_off_a_node_that_does_not_pay(fitted):
@@ -367,16 +367,16 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
     register_node("test.CountingMemorizer.v1")(_Counting)
     circuit = Circuit("three", {"min_entity_f1": 0.95}).add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
     circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(800), progress=False)
-    measured = dict(circuit.cache_.costs)
+    measured = dict(circuit.heldout_.run.costs)
     circuit.tune(costs={"middle": 1e3})  # the copy adds nothing and, priced so, costs more than the mamabear
-    assert not circuit.graph.nodes["middle"]["enabled"]
+    assert not circuit.slot("middle").enabled
     assert circuit.report_["optimizer"]["switched_off"] == ["middle"]
     assert circuit.report_["tuning"]["f1"] >= 0.95
     assert circuit.report_["cost_override"] == {"middle": 1e3}
     assert circuit.report_["costs_seconds_per_token"] == measured
-    assert circuit.cache_.costs == measured  # the measured costs are kept for the next tuning
+    assert circuit.heldout_.run.costs == measured  # the measured costs are kept for the next tuning
     circuit.tune()
-    assert circuit.graph.nodes["middle"]["enabled"] or circuit.report_["optimizer"]["switched_off"] == ["middle"]
+    assert circuit.slot("middle").enabled or circuit.report_["optimizer"]["switched_off"] == ["middle"]
     with pytest.raises(BabybearError, match="unknown node nope"):
         circuit.tune(costs={"nope": 1.0})
     with pytest.raises(BabybearError, match="middle must be a number >= 0"):
@@ -420,7 +420,7 @@ class ShortNameGuesser(Memorizer):
 def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tmp_path):
     circuit = Circuit("agree", {"min_entity_f1": 0.95}).add("memo", Memorizer()).add("guess", ShortNameGuesser()).add("mama", CapsMamabear())
     circuit.connect("memo", "guess").connect("guess", "mama", agree_with="memo").fit(synthetic_texts(800), progress=False)
-    gate = circuit.graph.edges["guess", "mama"]["gate"]
+    gate = circuit.edge("guess", "mama").gate
     assert "agrees_with_memo" in gate.state_["features"]
     weight = gate.state_["coef"][gate.state_["features"].index("agrees_with_memo")]
     assert weight > 0  # agreeing with the memorizer makes the guesser more likely right
@@ -429,7 +429,7 @@ def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tm
     routed = circuit.route(texts)
     topo = circuit.topology
     preds = {n: circuit.node(n).predict_batch(texts) for n in topo.order}
-    scores = {e: circuit.graph.edges[e]["gate"].score(circuit.gate_evidence(*e, preds)) for e in topo.edges}
+    scores = {e: circuit.edge(*e).gate.score(circuit.gate_evidence(*e, preds)) for e in topo.edges}
     reach = CachedRun(topo, preds, scores, {n: 1.0 for n in topo.order}, np.ones(len(texts))).reach(circuit.thresholds)
     for i in range(len(texts)):
         visited = [n for n in topo.order if reach[n][i]]
@@ -440,7 +440,7 @@ def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tm
     assert loaded.get_params()["guess->mama__agree_with"] == "memo"
     assert [a.spans for a in loaded(texts)] == routed.spans
     loaded.set_params(**{"guess->mama__agree_with": None}).fit_gates().tune()  # from the cache, no model runs
-    assert "agrees_with_memo" not in loaded.graph.edges["guess", "mama"]["gate"].state_["features"]
+    assert "agrees_with_memo" not in loaded.edge("guess", "mama").gate.state_["features"]
     with pytest.raises(CircuitValidationError, match="not on every path"):
         loaded.set_params(**{"memo->guess__agree_with": "guess"})
     assert loaded.get_params()["memo->guess__agree_with"] is None  # a refused change is not kept

@@ -190,7 +190,7 @@ def test_report_after_tuning_on_an_audit_shows_the_held_out_frontier_and_says_wh
     assert main(["report", str(copy), "--out", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
     loaded = Circuit.load(copy)
-    held_out = loaded.cache_.n - loaded.n_calibration_
+    held_out = loaded.heldout_.tuning.n
     assert optimized == [held_out] != [len(audit.texts)] and f"on the tuning split ({held_out} texts)" in out
     assert f"the thresholds were tuned on another run ({len(audit.texts)} texts" in out
 

@@ -113,8 +113,8 @@ def test_news_circuit_routes_a_text_the_same_alone_and_in_batches_of_7_and_512(n
     _, path = news
     circuit = Circuit.load(path)
     edge = ("crf", "mamabear")
-    circuit.set_thresholds({edge: float(np.nextafter(np.median(circuit.cache_.scores[edge]), 1.0))})
-    circuit.graph.nodes["crf"]["enabled"] = True
+    circuit.set_thresholds({edge: float(np.nextafter(np.median(circuit.heldout_.run.scores[edge]), 1.0))})
+    circuit.slot("crf").enabled = True
     texts = [t for t in bbc[1] if t.strip()][:300]
 
     def routed(size: int) -> list[tuple]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-import circuit.graph
+import circuit.artifacts
+from circuit.heldout import Heldout
 from circuit import BabybearError, Circuit
 from circuit.cli import main
 from tests.saved_folder import folder, saved  # noqa: F401 - fixtures
@@ -30,7 +31,7 @@ def whole(folder: Path) -> str:
     """Load the folder and check that its files come from one save; returns that save's name."""
     c = Circuit.load(folder)
     assert c.name == c.report_.get("saved_as", c.name), f"circuit.yaml of save {c.name}, report.json of {c.report_.get('saved_as')}"
-    assert c.cache_ is not None and c.cache_.n == len(c.heldout_texts_)
+    assert c.heldout_ is not None and c.heldout_.run.n == len(c.heldout_.texts)
     return c.name
 
 
@@ -62,7 +63,7 @@ def test_two_tunes_and_a_reader_at_once_never_interleave_and_always_see_a_whole_
 
 
 def test_a_held_lock_is_a_clear_error_naming_the_folder(folder, monkeypatch):
-    monkeypatch.setattr(circuit.graph, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(circuit.artifacts, "LOCK_TIMEOUT_S", 0.2)
     with FileLock(folder / ".babybear.lock"):
         for attempt in (lambda: Circuit.load(folder), lambda: save_as(folder, "late", 0.9)):
             with pytest.raises(BabybearError, match=f"^{folder}: another process has been saving or loading this circuit folder for over 0 s"):
@@ -73,11 +74,11 @@ def test_a_held_lock_is_a_clear_error_naming_the_folder(folder, monkeypatch):
 def killed_while(stage: str, folder: str) -> None:
     """Save as 'new', dying (as a kill would: no clean-up) while writing heldout.json or moving the pieces in."""
     if stage == "writing":
-        def die(file, *args):
+        def die(self, file):
             file.write_text('{"n_calibration": 3, "texts": ["a', encoding="utf-8")
             os._exit(9)
 
-        circuit.graph._save_cache = die
+        Heldout.save = die
     else:
         real, moves = os.replace, []
 
@@ -102,7 +103,7 @@ def test_a_save_killed_part_way_leaves_a_whole_circuit(folder, stage, survivor):
 
 
 def test_packed_folder_files_leave_out_the_lock_and_refuse_a_link_out(folder, tmp_path):
-    from circuit.graph import folder_files, write_folder_files
+    from circuit.artifacts import folder_files, write_folder_files
 
     files = folder_files(folder)
     assert ".babybear.lock" not in files and "circuit.yaml" in files

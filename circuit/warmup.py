@@ -1,0 +1,127 @@
+"""Warm-up: the mamabear labels a stream of unlabeled text, the babybears learn from its answers, and the gates
+learn from every node's answers on held-out texts (kept as the circuit's :class:`~circuit.heldout.Heldout`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import BabybearError, NotFittedError
+from .heldout import Heldout
+from .metrics import entity_f1
+from .optimizer import check_budget
+from .scheduler import Scheduler
+from .text import n_tokens, pieces
+from .types import Prediction
+
+if TYPE_CHECKING:
+    from .circuit import Circuit
+
+log = logging.getLogger("babybear")
+
+
+def fit(
+    circuit: Circuit,
+    texts: Sequence[str],
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    block: int = 64,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> None:
+    """Warm up on unlabeled ``texts``: the mamabear labels them, babybears learn, gates are fitted (then
+    :meth:`Circuit.fit` tunes the thresholds).
+
+    The stream is deduplicated and split into train (babybears learn), calibration (gates learn) and tuning
+    (thresholds are set for the budget) parts. The split moves blocks of ``block`` consecutive texts, so the
+    sentences of one document (which arrive together) stay in one part and the held-out parts look like new
+    documents, not like the training ones; ``block=1`` splits text by text.
+    """
+    circuit.validate()
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[1] <= 0 or fractions[2] <= 0 or sum(fractions) > 1 + 1e-9:
+        raise BabybearError(f"fractions (train, calibration, tuning) must be >= 0 with calibration and tuning > 0 and a sum <= 1, got {fractions}")
+    units = list(dict.fromkeys(u for t in texts for u in pieces(t)))
+    if len(units) < 20:
+        raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
+    blocks = [units[i : i + block] for i in range(0, len(units), max(block, 1))]
+    random.Random(seed).shuffle(blocks)
+    units = [u for b in blocks for u in b]
+    topo = circuit.topology
+    circuit.warm_up()
+    mama = circuit.node(topo.mamabear)
+    tokens = np.array([n_tokens(u) for u in units])
+    start = time.perf_counter()
+    with Scheduler(circuit, batch_size, progress=progress) as scheduler:
+        labelled = scheduler.predict(topo.mamabear, units)
+    mama.cost_ = (time.perf_counter() - start) / max(int(tokens.sum()), 1)
+    keep = [i for i in range(len(units)) if i not in labelled.errors]  # no reference, nothing to learn from
+    if labelled.errors:
+        log.warning("warm-up: the mamabear failed on %d of %d texts; they are left out", len(labelled.errors), len(units))
+    if len(keep) < 20:
+        raise BabybearError(f"warm-up needs at least 20 texts the mamabear can answer, got {len(keep)} of {len(units)}")
+    units, tokens, ref = [units[i] for i in keep], tokens[keep], [labelled.preds[i] for i in keep]
+    a = int(len(units) * fractions[0])
+    b = a + int(len(units) * fractions[1])
+    train, calib, tune = units[:a], units[a:b], units[b:]
+    check_budget(circuit.budget, {s.label for p in ref[b:] for s in p.spans})  # before the babybears train
+    for name in topo.order:
+        if name != topo.mamabear:
+            circuit.node(name).fit(train, ref[:a])
+    held, held_ref, held_tokens = calib + tune, ref[a:], tokens[a:]
+    preds: dict[str, list[Prediction]] = {}
+    failed: set[int] = set()
+    with Scheduler(circuit, batch_size, progress=progress) as scheduler:
+        for name in topo.order:
+            if name == topo.mamabear:
+                continue
+            node = circuit.node(name)
+            node.warm_up()  # untimed: loading, ONNX export, the first batch's kernel set-up
+            scheduler.predict(name, held[:8])
+            start = time.perf_counter()
+            run = scheduler.predict(name, held)
+            node.cost_ = (time.perf_counter() - start) / max(int(held_tokens.sum()), 1)
+            preds[name], failed = run.preds, failed | set(run.errors)
+    if failed:  # at run time such units go on to the next node; the cache keeps only answers gates can learn from
+        log.warning("warm-up: babybears failed on %d of %d held-out texts; they are left out of calibration and tuning", len(failed), len(held))
+        keep = [i for i in range(len(held)) if i not in failed]
+        held, held_ref, held_tokens = [held[i] for i in keep], [held_ref[i] for i in keep], held_tokens[keep]
+        preds = {n: [p[i] for i in keep] for n, p in preds.items()}
+        n_cal = sum(i < len(calib) for i in keep)
+        calib, tune = held[:n_cal], held[n_cal:]
+    preds[topo.mamabear] = held_ref
+    costs = {name: float(circuit.node(name).cost_ or 0.0) for name in topo.order}
+    circuit.heldout_ = Heldout.build(held, preds, costs, len(calib), circuit)
+    fit_gates(circuit)
+    circuit.report_ = {
+        "warm_up": {
+            "texts": len(texts), "units": len(units), "mamabear_failures": len(labelled.errors),
+            "babybear_failures": len(failed),
+            "train": len(train), "calibration": len(calib), "tuning": len(tune), "seed": seed,
+        },
+        "babybear_f1_alone": {
+            n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in held_ref[len(calib):]]) for n in topo.order if n != topo.mamabear
+        },
+    }
+
+
+def fit_gates(circuit: Circuit) -> None:
+    """Fit each edge's gate on the calibration part of the held-out cache and score the whole cache with it.
+
+    ``fit`` does this; call it again, without running a model, after changing a gate or an edge's
+    ``agree_with`` on a fitted circuit, then :meth:`tune`."""
+    if circuit.heldout_ is None:
+        raise NotFittedError("no held-out cache to fit gates on: fit the circuit first (or load a folder saved by a fit)")
+    run, n_cal = circuit.heldout_.run, circuit.heldout_.n_calibration
+    for s, t in circuit.topology.edges_in_order():
+        gate = circuit.edge(s, t).gate
+        exits = run.exit_answers(s)
+        agrees = [exits[i] == run.reference[i].spans for i in range(n_cal)]
+        evidence = circuit.gate_evidence(s, t, run.preds)
+        gate.fit(evidence[:n_cal], agrees)
+        run.scores[(s, t)] = gate.score(evidence)
