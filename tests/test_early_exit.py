@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from circuit.errors import BabybearError
 from nodes import _layers
+from nodes.early_exit import EarlyExit, advance, resume_predictions, start_states
+from nodes.mamabear_hf import HFTokenClassifier
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -58,6 +61,38 @@ def tiny_model(family: str, seed: int = 0) -> object:
     return model
 
 
+def tiny_tokenizer(folder: Path) -> object:
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    return transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def mamabear(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> HFTokenClassifier:
+    """The HF mamabear node on a tiny saved model of each family, windows of 12 tokens sharing 4."""
+    folder = tmp_path_factory.mktemp(request.param)
+    tiny_model(request.param).save_pretrained(folder)
+    tiny_tokenizer(folder).save_pretrained(folder)
+    node = HFTokenClassifier(model=str(folder), device="cpu", max_length=12, stride=4, batch_size=16)
+    node.warm_up()
+    return node
+
+
+@pytest.fixture(scope="module")
+def bert_mamabear(tmp_path_factory: pytest.TempPathFactory) -> HFTokenClassifier:
+    folder = tmp_path_factory.mktemp("bert")
+    tiny_model("bert").save_pretrained(folder)
+    tiny_tokenizer(folder).save_pretrained(folder)
+    node = HFTokenClassifier(model=str(folder), device="cpu", max_length=24, stride=8, batch_size=16)
+    node.warm_up()
+    return node
+
+
+@pytest.fixture(scope="module")
+def fitted(bert_mamabear: HFTokenClassifier) -> EarlyExit:
+    node = EarlyExit(mamabear="mamabear", layer=1, epochs=20).attach_node(bert_mamabear)
+    return node.fit_states(node.collect(sentences(150, seed=2)))
+
+
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_the_split_forward_pass_is_the_model_bit_for_bit(family: str) -> None:
     model = tiny_model(family)
@@ -73,11 +108,99 @@ def test_the_split_forward_pass_is_the_model_bit_for_bit(family: str) -> None:
             assert torch.equal(_layers.head(model, _layers.run_layers(model, hidden, mask, k, n)), full), k
 
 
+def test_resuming_from_layer_k_gives_the_mamabears_predictions_bit_for_bit(mamabear: HFTokenClassifier) -> None:
+    long = " ".join(TEXTS[:4])  # several windows of 12 tokens
+    texts = [*TEXTS, long]
+    expected = mamabear.predict_batch(texts)
+    p = mamabear.params
+    for k in range(1, 3):
+        states = advance(
+            mamabear._model,
+            start_states(mamabear._tokenizer, texts, max_length=p.max_length, stride=p.stride),
+            k,
+            batch_size=p.batch_size,
+            autocast=getattr(mamabear, "_autocast", None),  # the mamabear's CPU autocast, where it has one
+        )
+        resumed = resume_predictions(
+            mamabear._model, states, batch_size=p.batch_size, autocast=getattr(mamabear, "_autocast", None)
+        )
+        assert resumed == expected  # evidence and token probabilities too: exact
+
+
 def test_an_unsupported_architecture_is_a_clear_error() -> None:
     config = transformers.ElectraConfig(vocab_size=len(VOCAB), embedding_size=32, **SIZES, num_labels=3)
     electra = transformers.AutoModelForTokenClassification.from_config(config)
     with pytest.raises(BabybearError, match=r"model type 'electra'.*supported: bert, roberta.*distilbert"):
         _layers.embed(electra, torch.zeros((1, 3), dtype=torch.long), torch.ones((1, 3), dtype=torch.long))
+    with pytest.raises(BabybearError, match=r"EarlyExit \(layer 1 of 'mama'\): early exit: model type 'electra'"):
+        EarlyExit(mamabear="mama", layer=1).attach(electra, None)
     encoder_only = transformers.BertModel(transformers.BertConfig(**SIZES))
     with pytest.raises(BabybearError, match="not a token classifier"):
         _layers.n_layers(encoder_only)
+
+
+def test_the_exit_layer_must_lie_inside_the_mamabear(bert_mamabear: HFTokenClassifier) -> None:
+    with pytest.raises(BabybearError, match="layer must be below the mamabear's 3 layers"):
+        EarlyExit(mamabear="mamabear", layer=3).attach_node(bert_mamabear)
+    with pytest.raises(ValueError, match="lyer"):
+        EarlyExit(mamabear="mamabear", layer=1, lyer=2)
+
+
+def test_the_exit_head_learns_the_mamabears_answers_from_frozen_states(
+    fitted: EarlyExit, bert_mamabear: HFTokenClassifier
+) -> None:
+    before = {k: v.clone() for k, v in bert_mamabear._model.state_dict().items()}
+    words = fitted.collect(sentences(60, seed=3))
+    labels = np.concatenate([w.logits.argmax(-1) for w in words])
+    chance = np.bincount(labels).max() / len(labels)  # always saying the most frequent label
+    with torch.no_grad():
+        z = fitted.head_(torch.from_numpy(np.concatenate([w.hidden[1] for w in words]))).numpy()
+    agreement = float((z.argmax(-1) == labels).mean())
+    assert agreement > chance + 0.15 and agreement > 0.8, (agreement, chance)
+    assert fitted.report_["heldout_word_agreement"] > 0.8
+    assert 0.05 < fitted.temperature_ < 20
+    assert all(torch.equal(v, before[k]) for k, v in bert_mamabear._model.state_dict().items())  # frozen
+    (pred,) = fitted.predict_batch(["angela merkel met emmanuel macron in paris ."])
+    assert set(pred.evidence) == {"log_seq_prob", "min_prob", "mean_prob", "min_entity_prob", "n_words", "n_spans"}
+
+
+def test_a_batch_where_some_exit_and_others_resume_keeps_order_and_loses_none(
+    fitted: EarlyExit, bert_mamabear: HFTokenClassifier
+) -> None:
+    texts = [*TEXTS, " ".join(TEXTS[:4])]
+    exits, states = fitted.predict_with_state(texts)
+    go_on = [i for i in range(len(texts)) if i % 3 != 1]  # the gate hands these on
+    resumed = fitted.resume([states[i] for i in go_on])
+    answers = [resumed[go_on.index(i)] if i in go_on else exits[i] for i in range(len(texts))]
+    assert len(answers) == len(texts)
+    expected = bert_mamabear.predict_batch(texts)
+    for i, text in enumerate(texts):
+        if i in go_on:
+            assert answers[i].spans == expected[i].spans, text
+            assert answers[i].evidence == pytest.approx(expected[i].evidence, rel=1e-5)
+        else:
+            assert answers[i] is exits[i]
+
+
+def test_a_deeper_exit_continues_from_a_shallower_ones_state(
+    fitted: EarlyExit, bert_mamabear: HFTokenClassifier
+) -> None:
+    deeper = EarlyExit(mamabear="mamabear", layer=2, epochs=3).attach_node(bert_mamabear)
+    deeper.fit_states(deeper.collect(sentences(40, seed=4)))
+    _, shallow = fitted.predict_with_state(TEXTS)
+    chained, states = deeper.predict_with_state(TEXTS, shallow)
+    assert chained == deeper.predict_batch(TEXTS)
+    assert {s.layer for s in states} == {2}
+    assert deeper.resume(states) == bert_mamabear.predict_batch(TEXTS)
+
+
+def test_save_and_load_round_trip_the_head(fitted: EarlyExit, bert_mamabear: HFTokenClassifier, tmp_path: Path) -> None:
+    fitted.to_disk(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["early_exit.json", "exit_head.safetensors"]
+    loaded = EarlyExit(mamabear="mamabear", layer=2).from_disk(tmp_path).attach_node(bert_mamabear)
+    assert loaded.params.layer == 1
+    assert loaded.predict_batch(TEXTS) == fitted.predict_batch(TEXTS)
+    other = tiny_model("bert")
+    other.config.hidden_size = 48  # a mamabear the head was not trained on
+    with pytest.raises(BabybearError, match="hidden size 32; the mamabear has .* and 48"):
+        loaded.attach(other, bert_mamabear._tokenizer)
