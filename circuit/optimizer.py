@@ -203,9 +203,13 @@ def _meets(outcome: Outcome, budget: Budget) -> bool:
 
 
 def candidates(run: CachedRun, n: int = N_CANDIDATES, rows: np.ndarray | None = None) -> dict[Edge, list[float]]:
-    """Per edge: 0 (nobody goes on), score quantiles (of ``rows`` only, when given), and 1 (everyone goes on)."""
+    """Per edge: 0 (nobody goes on), score quantiles (of ``rows`` only, when given), and 1 (everyone goes on); an
+    edge out of a switched-off node only 1, as it passes everyone on whatever its threshold."""
     out = {}
     for e in run.topology.edges:
+        if e[0] in run.topology.disabled:
+            out[e] = [1.0]
+            continue
         s = np.asarray(run.scores[e]) if rows is None else np.asarray(run.scores[e])[rows]
         qs = np.quantile(s, np.linspace(0, 1, n + 1)[1:]) if len(s) else []
         # a threshold just above a quantile sends on everyone scored at or below it
@@ -297,8 +301,9 @@ def optimize(
     ``"nearest"`` BabyBear's one global threshold whose F1 is nearest the budget (both point estimates, kept
     for comparison). Every method reports the frontier of the joint candidates and its choice on all rows.
 
-    With ``switch_off`` the joint method also tunes the circuit without each babybear that has one successor
-    (see :func:`bypass`) and keeps the cheapest circuit. Choosing among k + 1 circuits tests each at
+    With ``switch_off`` the joint method also tunes the circuit with each babybear that has one successor
+    switched off (routed as :func:`circuit.routing.goes_on` says: it passes every sentence on, and its in-edges'
+    thresholds decide who goes past it) and keeps the cheapest circuit. Choosing among k + 1 circuits tests each at
     ``(1 - confidence) / (k + 1)`` (Bonferroni), so the promise holds for the circuit finally chosen.
     """
     options = {"search": search, "bound": bound, "n_candidates": n_candidates, "seed": seed}
@@ -310,37 +315,21 @@ def optimize(
     full_cost = best.chosen.cost_per_token
     savings: dict[str, Any] = {}
     for node in nodes:
-        alt = _optimize_one(bypass(run, node), split, method=method, **options)
+        off = run.with_topology(replace(run.topology, disabled=run.topology.disabled | {node}))
+        alt = _optimize_one(off, split, method=method, **options)
+        alt.disabled = off.topology.disabled
         savings[node] = {**alt.chosen.to_dict(), "saving": 1 - alt.chosen.cost_per_token / full_cost if full_cost else 0.0}
         if alt.chosen.cost_per_token < best.chosen.cost_per_token:
-            best = _restore(alt, run.topology, node)
+            best = alt
     best.details.update(switch_off=savings, confidence_per_circuit=split.confidence)
     return best
 
 
 def _switchable(topo: Topology) -> list[str]:
-    """Babybears a circuit can do without: their in-edges' thresholds carry over to their one successor. A node a
-    gate compares with (``agree_with``) stays on."""
+    """Babybears with one successor, which a circuit may do without; a node a gate compares with (``agree_with``)
+    stays on."""
     anchors = set(topo.agree_with.values())
     return [n for n in topo.order if n != topo.mamabear and n not in anchors and sum(s == n for s, _ in topo.edges) == 1]
-
-
-def _restore(result: TuneResult, topo: Topology, node: str) -> TuneResult:
-    """A result tuned on ``bypass(run, node)`` as thresholds of the full circuit with ``node`` switched off."""
-    (succ,) = [t for s, t in topo.edges if s == node]
-    thresholds = {}
-    for s, t in topo.edges:
-        if s == node:
-            thresholds[(s, t)] = 1.0  # not used while node is off; 1.0 sends everyone on if it is switched back on
-        elif t == node and (s, succ) in topo.edges:  # a diamond: bypass kept s's own edge to succ, none via node
-            thresholds[(s, t)] = 0.0
-        elif t == node:
-            thresholds[(s, t)] = result.chosen.thresholds[(s, succ)]
-        else:
-            thresholds[(s, t)] = result.chosen.thresholds[(s, t)]
-    result.chosen = replace(result.chosen, thresholds=thresholds)
-    result.disabled = frozenset({node})
-    return result
 
 
 def _optimize_one(
@@ -407,25 +396,6 @@ def _optimize_one(
         raise BabybearError(f"unknown bound {bound!r}; known: ltt, bootstrap")
     return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details)
 
-
-
-def bypass(run: CachedRun, node: str) -> CachedRun:
-    """``run`` with ``node`` switched off: its cost is not paid and each in-edge u -> node leads straight to
-    node's successors, judged by u's gate (which scores u's own answer, whatever comes next)."""
-    topo = run.topology
-    edges = [e for e in topo.edges if node not in e]
-    scores = {e: run.scores[e] for e in edges}
-    agree_with = {e: a for e, a in topo.agree_with.items() if e in scores}
-    for u in [s for s, t in topo.edges if t == node]:
-        for w in [t for s, t in topo.edges if s == node]:
-            if (u, w) not in scores:
-                edges.append((u, w))
-                scores[(u, w)] = run.scores[(u, node)]
-                if (u, node) in topo.agree_with:
-                    agree_with[(u, w)] = topo.agree_with[(u, node)]
-    order = [n for n in topo.order if n != node]
-    sub = Topology(order, edges, {n: topo.labels[n] for n in order}, topo.mamabear, topo.disabled - {node}, agree_with)
-    return CachedRun(sub, {n: run.preds[n] for n in order}, scores, {n: c for n, c in run.costs.items() if n != node}, run.tokens)
 
 
 def _f1_lower_t(counts: np.ndarray, confidence: float) -> float:

@@ -1,10 +1,13 @@
 """How a sentence moves through a circuit, and a simulator that replays it from cached outputs.
 
 A sentence enters at the roots and leaves a node along every out-edge whose gate scores it below the edge's
-threshold. A switched-off node (``enabled: false``) is not run: every sentence that reaches it goes on along all
-its out-edges, and it is not among the nodes visited. Its answer merges the nodes it visited: for each label, the spans of the deepest visited node that
-covers that label (a node with ``labels=None`` covers all). Real routing (``Circuit.__call__``) and the
-simulator share :func:`merge` and the same reach rule, so for equal gate scores they agree exactly.
+threshold (:func:`goes_on`). A switched-off node (``enabled: false``) is not run: every sentence that reaches it
+goes on along all its out-edges, and it is not among the nodes visited (:meth:`Topology.visited`). Its answer
+merges the nodes it visited (:func:`merge`): for each label, the spans of the deepest visited node that covers
+that label (a node with ``labels=None`` covers all). These three functions are the routing rule, written once:
+live routing (:meth:`circuit.scheduler.Scheduler.route_steps`), the simulator (:class:`CachedRun`) and the
+optimizer (which switches a node off by routing with it disabled) all call them, so for equal gate scores they
+agree exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from .metrics import calibration_report, f1, per_label_counts, span_counts
 from .types import Prediction, Span
 
 Edge = tuple[str, str]
+
+
+def goes_on(scores: np.ndarray, threshold: float, source_disabled: bool = False, sure: np.ndarray | None = None) -> np.ndarray:
+    """The routing rule for one edge: which of the units at its source go on along it, given its gate's ``scores``
+    on them. All of them when the source is switched off; otherwise those scored below ``threshold``, and those
+    the source (or the node its gate compares with) failed on (``sure`` False: their scores mean nothing)."""
+    if source_disabled:
+        return np.ones(len(scores), dtype=bool)
+    on = scores < threshold
+    return on if sure is None else on | ~sure
 
 
 def merge(visited: Sequence[str], preds: Mapping[str, Prediction], labels: Mapping[str, frozenset[str] | None]) -> tuple[Span, ...]:
@@ -107,7 +120,7 @@ class CachedRun:
             reach[r][:] = True
         for s, t in topo.edges_in_order():
             sc = self.scores[(s, t)] if rows is None else self.scores[(s, t)][rows]
-            reach[t] |= reach[s] & ((sc < thresholds[(s, t)]) | (s in topo.disabled))
+            reach[t] |= reach[s] & goes_on(sc, thresholds[(s, t)], s in topo.disabled)
         return reach
 
     def _unit_counts(self, i: int, visited: tuple[str, ...]) -> tuple[int, int, int, dict]:

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import BabybearError, NodeError, NotFittedError
 from .node import Node
 from .progress import track
-from .routing import merge
+from .routing import goes_on, merge
 from .structure import Structure
 from .text import n_tokens, split_text, stitch_spans
 from .types import Answer, Prediction, Span
@@ -213,9 +213,9 @@ class Scheduler:
         for wave in nx.topological_generations(circuit.graph):
             wave = sorted(wave, key=rank.__getitem__)
             idx = {name: np.flatnonzero(reach[name] & ~failed) for name in wave}
-            for name in topo.disabled.intersection(wave):  # switched off: everything that reaches it goes on
+            for name in topo.disabled.intersection(wave):  # switched off: not run, and not scored
                 for succ in circuit.successors(name):
-                    reach[succ][idx[name]] = True
+                    reach[succ][idx[name][goes_on(np.ones(len(idx[name])), 1.0, source_disabled=True)]] = True
             work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix) and name not in topo.disabled}
             results = (yield work) if work else {}
             for name, run in results.items():
@@ -233,16 +233,15 @@ class Scheduler:
                 for succ in circuit.successors(name):
                     edge = circuit.edge(name, succ)
                     other = edge.agree_with
-                    # a unit this node, or the node its gate compares with, failed on is not sure: it goes on
+                    # a unit this node, or the node its gate compares with, failed on is not sure: it is not scored
                     sure = ok & ~broken[other][ix] if other else ok
-                    reach[succ][ix[~sure]] = True
                     good = ix[sure]
-                    if not len(good):
-                        continue
-                    here = {v: [preds[v][i] for i in good.tolist()] for v in (name, other) if v is not None}
-                    scores = edge.gate.score(circuit.gate_evidence(name, succ, here))
-                    reach[succ][good[scores < edge.threshold]] = True
-                    lowest[name][good] = np.minimum(lowest[name][good], scores)
+                    scores = np.ones(len(ix))
+                    if len(good):
+                        here = {v: [preds[v][i] for i in good.tolist()] for v in (name, other) if v is not None}
+                        scores[sure] = edge.gate.score(circuit.gate_evidence(name, succ, here))
+                        lowest[name][good] = np.minimum(lowest[name][good], scores[sure])
+                    reach[succ][ix[goes_on(scores, edge.threshold, sure=sure)]] = True
         spans, exits, confidences = [], [], []
         for i in range(n):
             if i in errors:
