@@ -130,6 +130,14 @@ def spacy_md() -> Node:
 
 
 Labelled = tuple[list[str], list[Prediction], list[str], list[Prediction]]
+SLOW_FIXTURES = {"labelled_bbc"}  # spaCy md over 800 sentences: the tests that use it are slow
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a slow fixture ``slow``, so ``-m "not slow"`` is the fast tier."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

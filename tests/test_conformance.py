@@ -122,7 +122,10 @@ def test_every_built_in_node_type_has_a_conformance_case():
     assert sorted(n for n in registry.nodes.names() if n.startswith("babybear.")) == sorted(CASES)
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+SLOW_CASES = {"babybear.TransformerTagger.v1"}  # trains a transformer
+
+
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in sorted(CASES)])
 def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Node:
     make = CASES[request.param]
     node = make(tmp_path_factory) if "tmp_path_factory" in make.__code__.co_varnames else make()
