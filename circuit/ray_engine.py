@@ -16,8 +16,10 @@ so workers need babybear installed but not the circuit folder.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
     import ray
     import ray.data
 
-RESERVED_CPUS = 1.0  # left to Ray Data's own tasks (listing and reading files): actors holding every CPU stall it
+RESERVED_CPUS = 1.0  # left to Ray Data's read tasks when the cluster has it: actors holding every CPU stall it
+_SHARES = tuple(k for k in range(1, 10_001) if 10_000 % k == 0)  # 1/k CPU is exact in Ray's units of 1/10,000
 _CACHE_FILE = "heldout.json"  # the warm-up cache, for tuning only: not shipped to workers
 
 
@@ -171,6 +174,27 @@ class MamabearStage:
 
 
 # -- the job -----------------------------------------------------------------------------------------------------
+def _cpu_plan(node_cpus: Sequence[float], actors: int, per_actor: float | None = None) -> tuple[float, float] | None:
+    """CPUs for each actor and for each read task, such that all the actors fit and a read task always finds room.
+
+    Both are multiples of one share, 1/k of a CPU, and so are the nodes' CPUs (rounded down to shares). Wherever
+    Ray places the actors, each node's free CPUs are then whole shares, and as the actors leave at least one share
+    free in all, some node has room for a read task of one share. Summing free CPUs over the cluster is not enough:
+    three actors of 1/3 CPU on two one-CPU nodes leave 1/3 and 2/3, and a one-CPU read task fits on neither.
+    A read task asks for the largest share that works (a whole CPU on a roomy cluster). An actor asks for
+    ``per_actor`` CPUs, else 1, or less so that about ``RESERVED_CPUS`` stay free. None when no share works.
+    """
+    target = per_actor if per_actor is not None else min(1.0, max(sum(node_cpus) - RESERVED_CPUS, 0.1) / actors)
+    for k in _SHARES:
+        units = [math.floor(c * k + 1e-9) for c in node_cpus]  # each node's CPUs, in shares
+        m = math.floor(target * k + 1e-9)  # an actor's CPUs, in shares
+        if m < 1 or (per_actor is not None and abs(m - per_actor * k) > 1e-6):
+            continue
+        if actors * m <= sum(units) - 1 and sum(u // m for u in units) >= actors:
+            return m / k, 1 / k
+    return None
+
+
 def run_dataset(
     circuit_dir: str | Path,
     source: str | Path | ray.data.Dataset,
@@ -188,8 +212,10 @@ def run_dataset(
     ``.parquet`` is written as Parquet, anything else as JSONL; rows without an id get their 1-based row number,
     as ``babybear run`` does. Uses the running Ray instance, else ``ray.init()`` (which joins ``RAY_ADDRESS``
     when set, or starts a local one). Each actor asks for ``cpus_per_worker`` CPUs: by default 1, or less so
-    that all actors fit in the cluster's CPUs with one CPU left to Ray Data's readers (else it would stall);
-    with GPUs in the cluster, each mamabear actor asks for one GPU instead. Returns a summary: rows, errors,
+    that all actors fit on the cluster's nodes with about one CPU left to Ray Data's read tasks; those ask for
+    a share of a CPU that some node always has free once the actors are placed, so the job cannot stall on a
+    cluster the actors fill (see ``_cpu_plan``; a ``ray.data.Dataset`` passed in keeps its own read tasks).
+    With GPUs in the cluster, each mamabear actor asks for one GPU instead. Returns a summary: rows, errors,
     texts per answering node, seconds.
     """
     _require_ray()
@@ -202,12 +228,17 @@ def run_dataset(
     Circuit.load(circuit_dir).validate()  # fail here, not in every worker
     if not ray.is_initialized():
         ray.init(**({} if os.environ.get("RAY_ADDRESS") else {"include_dashboard": False}))
-    ds, lines = _dataset(source)
-    files_ref = ray.put(files)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    if cpus_per_worker is None:
-        actors = num_cpu_workers + (0 if gpus else num_gpu_workers)
-        cpus_per_worker = min(1.0, max(ray.cluster_resources().get("CPU", 1) - RESERVED_CPUS, 0.1) / actors)
+    actors = num_cpu_workers + (0 if gpus else num_gpu_workers)
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    plan = _cpu_plan(node_cpus, actors, cpus_per_worker)
+    if plan is None:
+        if cpus_per_worker is None:
+            raise BabybearError(f"{actors} actors do not fit on the Ray cluster's CPUs {node_cpus} with room left to read")
+        plan = (cpus_per_worker, min(1.0, cpus_per_worker))  # as asked, with no promise that the reads find room
+    cpus_per_worker, read_cpus = plan
+    ds, lines = _dataset(source, read_cpus)
+    files_ref = ray.put(files)
     start = time.perf_counter()
     ds = ds.map_batches(
         BabybearStage, fn_constructor_kwargs={"files": files_ref, "lines": lines, "batch_size": batch_size},
@@ -225,8 +256,11 @@ def run_dataset(
     return summary
 
 
-def _dataset(source: str | Path | ray.data.Dataset) -> tuple[ray.data.Dataset, bool]:
-    """The input as a Ray Dataset, and whether its rows are raw JSONL lines (else ``id``/``text`` columns)."""
+def _dataset(source: str | Path | ray.data.Dataset, read_cpus: float) -> tuple[ray.data.Dataset, bool]:
+    """The input as a Ray Dataset, and whether its rows are raw JSONL lines (else ``id``/``text`` columns).
+
+    Its read tasks ask for ``read_cpus`` each (Ray Data's default, a whole CPU, may fit on no node).
+    """
     import ray.data
 
     if isinstance(source, ray.data.Dataset):
@@ -236,8 +270,15 @@ def _dataset(source: str | Path | ray.data.Dataset) -> tuple[ray.data.Dataset, b
     if "://" not in uri and not path.exists():  # URIs (s3://, gs://, ...) are for Ray's readers to find
         raise BabybearError(f"input not found: {path}")
     if uri.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
-        return ray.data.read_parquet(uri), False
-    return ray.data.read_binary_files(uri).flat_map(_file_lines), True
+        return ray.data.read_parquet(uri, **_read_cpus(ray.data.read_parquet, read_cpus)), False
+    files = ray.data.read_binary_files(uri, **_read_cpus(ray.data.read_binary_files, read_cpus))
+    return files.flat_map(_file_lines, num_cpus=read_cpus), True
+
+
+def _read_cpus(reader: Any, cpus: float) -> dict[str, Any]:
+    """The reader's arguments for ``cpus`` CPUs a task: ``num_cpus`` in recent Ray, ``ray_remote_args`` before."""
+    named = "num_cpus" in inspect.signature(reader).parameters
+    return {"num_cpus": cpus} if named else {"ray_remote_args": {"num_cpus": cpus}}
 
 
 def _write(ds: ray.data.Dataset, output: Path, unit: str) -> dict[str, Any]:

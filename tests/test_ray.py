@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,9 +21,11 @@ pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from circuit.ray_engine import run_dataset  # noqa: E402
+from circuit.ray_engine import _cpu_plan, run_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}, "worker_process_setup_hook": "tests.test_ray.register_toy_nodes"}
+TWO_NODES_SECONDS = 240  # the job's time limit on the two-node cluster: a stalled job fails instead of hanging
 
 
 def register_toy_nodes() -> None:
@@ -41,7 +47,7 @@ def local_ray():
     ray.init(
         num_cpus=2,
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}, "worker_process_setup_hook": "tests.test_ray.register_toy_nodes"},
+        runtime_env=RUNTIME_ENV,
     )
     yield
     ray.shutdown()
@@ -129,3 +135,88 @@ def test_without_ray_installed_the_error_says_how_to_install_it(circuit_dir, tmp
 def test_cli_ray_engine_needs_files(circuit_dir, capsys):
     assert main(["run", str(circuit_dir), "--engine", "ray"]) == 2
     assert "give --input and --output" in capsys.readouterr().err
+
+
+def run_on_two_nodes(folder: str, source: str, output: str, seconds: float) -> None:
+    """In a child process: a cluster of two one-CPU nodes runs the job; prints its summary or what went wrong.
+
+    The job runs in a thread given ``seconds``: if it is still running then, the cluster is shut down anyway.
+    """
+    from ray.cluster_utils import Cluster
+
+    register_toy_nodes()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    result: dict = {}
+    outcome = {"error": "the cluster did not start"}
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, runtime_env=RUNTIME_ENV)
+
+        def job() -> None:
+            try:
+                result["summary"] = run_dataset(folder, source, output, num_cpu_workers=2)
+            except Exception as err:  # noqa: BLE001  (reported to the test)
+                result["error"] = repr(err)
+
+        thread = threading.Thread(target=job, daemon=True)
+        thread.start()
+        thread.join(seconds)
+        outcome = {"error": f"no answer after {seconds} s"} if thread.is_alive() else dict(result)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print("RESULT " + json.dumps(outcome), flush=True)
+    os._exit(0)  # the stalled job's thread, if any, is not waited for
+
+
+@pytest.mark.slow
+def test_a_cluster_whose_cpus_the_actors_fill_still_reads_its_input(circuit_dir, tmp_path):
+    # two nodes of one CPU, three actors (two babybear, one mamabear): 1/3 CPU each left 1/3 and 2/3 free, and the
+    # one-CPU read task fit on neither node, so the job waited forever
+    _, test = bbc_sentences()
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(test[:500]) + "\n", encoding="utf-8")
+    assert main(["run", str(circuit_dir), "--input", str(source), "--output", str(tmp_path / "local.jsonl")]) == 0
+    call = "import sys; from tests.test_ray import run_on_two_nodes; run_on_two_nodes(*sys.argv[1:4], float(sys.argv[4]))"
+    args = [sys.executable, "-c", call, str(circuit_dir), str(source), str(tmp_path / "ray.jsonl"), str(TWO_NODES_SECONDS)]
+    env = {**os.environ, "RAY_ENABLE_AUTO_CONNECT": "0"}  # a stalled job's executor must not start Ray again
+    child = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        log, _ = child.communicate(timeout=TWO_NODES_SECONDS + 120)  # + starting and stopping the cluster
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        log, _ = child.communicate()
+    results = [json.loads(line[len("RESULT "):]) for line in log.splitlines() if line.startswith("RESULT ")]
+    assert results and "summary" in results[0], results or log[-3000:]
+    assert results[0]["summary"]["rows"] == 500
+    local = (tmp_path / "local.jsonl").read_text(encoding="utf-8")
+    assert (tmp_path / "ray.jsonl").read_text(encoding="utf-8") == local
+
+
+@pytest.mark.parametrize(
+    ("nodes", "actors", "per_actor"),
+    [([1, 1], 3, None), ([2], 3, None), ([1, 1, 1], 4, None), ([0, 2, 1], 5, None), ([4, 4], 3, None), ([1, 1], 3, 0.2)],
+)
+def test_the_cpu_plan_leaves_a_read_task_room_wherever_the_actors_go(nodes, actors, per_actor):
+    actor, read = _cpu_plan(nodes, actors, per_actor)
+    assert 0 < actor <= 1 and 0 < read <= 1
+
+    def placements(left: int, free: tuple[float, ...]):  # every way Ray could place the actors, one by one
+        if left == 0:
+            yield free
+            return
+        for i, f in enumerate(free):
+            if f >= actor - 1e-9:
+                yield from placements(left - 1, free[:i] + (f - actor,) + free[i + 1 :])
+
+    ends = list(placements(actors, tuple(float(n) for n in nodes)))
+    assert ends and all(max(free) >= read - 1e-9 for free in ends)
+
+
+def test_the_cpu_plan_gives_whole_cpus_where_they_fit_and_shares_where_they_do_not():
+    assert _cpu_plan([1, 1], 3) == (0.25, 0.25)  # not 1/3 each with a whole-CPU read task, which stalled
+    assert _cpu_plan([16], 3) == (1.0, 1.0)  # a roomy cluster: whole CPUs, as before
+    assert _cpu_plan([1, 1], 2, 1.0) is None  # two whole-CPU actors leave nothing to read with
