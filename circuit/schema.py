@@ -15,7 +15,7 @@ import networkx as nx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import registry
+from . import ready, registry
 from .errors import BabybearError, CircuitValidationError, Problem
 
 
@@ -306,11 +306,14 @@ def _graph_problems(graph: nx.DiGraph, roles: dict[str, str], spec_enabled: dict
 def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> CircuitSpec:
     """Parse and validate a circuit from a dict, a YAML string, or a YAML file. Raises with every problem.
 
-    A one-line string is a file path when it ends in .yaml/.yml or could not be a YAML mapping (has no ':')."""
+    A one-line string is a file path when it ends in .yaml/.yml or could not be a YAML mapping (has no ':'); a
+    name that is not a file names a ready circuit (``news`` is circuits/news.yaml, see :mod:`circuit.ready`)."""
     text = None
     one_line = isinstance(data, str) and "\n" not in data
     if isinstance(data, Path) or (one_line and (data.endswith((".yaml", ".yml")) or ":" not in data)):
         path = Path(data)
+        if not path.exists() and isinstance(data, str) and "/" not in data and ready.find(data):
+            path = ready.find(data)  # a ready circuit's name
         source = source or str(path)
         text = read_circuit_file(path)
     elif isinstance(data, str):
@@ -343,7 +346,7 @@ def read_circuit_file(path: Path) -> str:
             hint = f"; it is a fitted circuit folder, whose description is {path / 'circuit.yaml'}"
         raise BabybearError(f"{path} is a directory, not a circuit file{hint}")
     if not path.is_file():
-        raise BabybearError(f"circuit file not found: {path}")
+        raise BabybearError(f"circuit file not found: {path}; ready circuits, by name: {', '.join(ready.names())}")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
