@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -323,34 +322,23 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from . import plots
-    from .optimizer import optimize
+    from .report import held_out_report, write_plots
 
     circuit = Circuit.load(args.dir)
-    if circuit.heldout_ is None:
-        raise BabybearError(f"{args.dir}: no held-out cache (heldout.json): refit the circuit to report on it")
-    run = circuit.heldout_.tuning
-    thresholds = circuit.thresholds
-    now = run.evaluate(thresholds)
-    # The frontier is in the units the circuit was tuned in: prices where tune had a cost override, else seconds.
-    override = circuit.report_.get("cost_override") or {}
-    unit = "price per token (cost_override)" if override else "seconds per token"
-    tuned_cost = replace(run, costs={**run.costs, **override}).evaluate(thresholds)["cost_per_token"]
-    # the stored frontier is of the run tuned on: shown beside the held-out figures only if that run was the held-out one
-    tuned_on = circuit.report_.get("tuned_on") or {}
-    stored = circuit.report_.get("optimizer") if tuned_on.get("source") == "held-out tuning split" else None
-    result = stored or optimize(run, circuit.budget, method="per_edge").to_dict()
-    answered = now["answered"]
-    mama = run.topology.mamabear
-    tag = plots.price_tag(now["cost_per_token"], run.costs.get(mama, 0.0), now["mamabear_calls_avoided"], float(run.tokens.mean()), args.price_per_hour, args.watts)
+    try:
+        report = held_out_report(circuit, args.price_per_hour, args.watts)
+    except BabybearError as err:
+        raise BabybearError(f"{args.dir}: {err}") from None
+    now, result, unit = report["now"], report["optimizer"], report["unit"]
     print(f"{circuit.name}: budget entity-F1 >= {circuit.budget.min_entity_f1} at confidence {circuit.budget.confidence}")
     print("thresholds:")
-    for (s, t), v in thresholds.items():
+    for (s, t), v in report["thresholds"].items():
         print(f"  {s}->{t}: {v:.6f}")
-    if tuned_on.get("source") == "given run":
-        print(f"the thresholds were tuned on another run ({tuned_on['texts']} texts, e.g. tune --audit); below, the held-out tuning split")
-    print(f"on the tuning split ({run.n} texts): entity-F1 {now['f1']:.4f}, mamabear calls avoided {now['mamabear_calls_avoided']:.1%}")
-    print("answered: " + ", ".join(f"{n} {v:.1%}" for n, v in answered.items()))
+    if report["tuned_elsewhere"] is not None:
+        print(f"the thresholds were tuned on another run ({report['tuned_elsewhere']} texts, e.g. tune --audit); below, the held-out tuning split")
+    print(f"on the tuning split ({report['texts']} texts): entity-F1 {now['f1']:.4f}, mamabear calls avoided {now['mamabear_calls_avoided']:.1%}, "
+          f"mamabear tokens avoided {now['mamabear_tokens_avoided']:.1%}")
+    print("answered: " + ", ".join(f"{n} {v:.1%}" for n, v in now["answered"].items()))
     near = [p for p in result["frontier"] if p["f1"] >= circuit.budget.min_entity_f1 - 0.05]
     shown = near[:: max(1, -(-len(near) // 20))]
     print(f"Pareto frontier near the budget, {len(shown)} of {len(result['frontier'])} points ({unit}, entity-F1, mamabear calls avoided):")
@@ -359,16 +347,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     for node, alt in result.get("switch_off", {}).items():
         print(f"without {node} (enabled: false): {alt['cost_per_token']:.3e} {unit}, entity-F1 {alt['f1']:.4f}, saving {alt['saving']:.1%}")
     print(f"per 1M tokens at ${args.price_per_hour}/hour and {args.watts} W:")
-    for name, v in tag.items():
+    for name, v in report["price_tag"].items():
         print(f"  {name:>15}: {v['mamabear_calls']:,.0f} mamabear calls, {v['compute_seconds']:,.0f} s, ${v['dollars']:.4f}, {v['kwh']:.4f} kWh")
-    out = Path(args.out or Path(args.dir) / "report")
-    chosen = {"cost_per_token": tuned_cost, "f1": now["f1"]}
-    files = [
-        plots.frontier(result["frontier"], chosen, circuit.budget.min_entity_f1, out / "frontier.png", cost_label=unit),
-        plots.answered(answered, out / "answered.png"),
-        plots.calibration({f"{s}->{t}": run.calibration((s, t)) for s, t in circuit.graph.edges}, out / "calibration.png", f"on the {run.n} tuning texts (the gates learned on others)"),
-        plots.price(tag, out / "price.png"),
-    ]
+    files = write_plots(report, circuit.budget.min_entity_f1, Path(args.out or Path(args.dir) / "report"))
     print("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -132,8 +132,8 @@ class CachedRun:
         return self._counts[key]
 
     def evaluate(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> dict:
-        """Entity F1 vs the mamabear, per-label counts, calls avoided, the share of units each node answered (the
-        last node they visited) and the expected cost of ``thresholds``."""
+        """Entity F1 vs the mamabear, per-label counts, mamabear calls and tokens avoided, the share of units each node
+        answered (the last node they visited) and the expected cost of ``thresholds``."""
         rows = np.arange(self.n) if rows is None else np.asarray(rows)
         reach = self.reach(thresholds, rows)
         order = self.topology.order
@@ -156,6 +156,8 @@ class CachedRun:
             "counts": (tp, fp, fn),
             "per_label": per_label,
             "mamabear_calls_avoided": 1.0 - float(reach[self.topology.mamabear].mean()) if len(rows) else 0.0,
+            # the long sentences are the hard ones: the share of tokens the mamabear did not see
+            "mamabear_tokens_avoided": 1.0 - float(tokens[reach[self.topology.mamabear]].sum() / max(tokens.sum(), 1)),
             "reach": {name: float(m.mean()) if len(rows) else 0.0 for name, m in reach.items()},
             "answered": {name: k / len(rows) if len(rows) else 0.0 for name, k in stopped.items()},
             "cost_per_token": float(cost / max(tokens.sum(), 1)),
