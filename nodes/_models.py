@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
@@ -198,17 +199,32 @@ def _native_bf16() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
+@cache
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively: AMX or AVX512-BF16 (the ``amx_bf16`` / ``avx512_bf16`` flags of
+    /proc/cpuinfo). Elsewhere bfloat16 matrix work is emulated and slower than float32, so False."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
+    except OSError:
+        pass
+    return False
+
+
 def torch_dtype(name: str, device: str, node: str) -> Any:
     """The torch dtype for ``dtype=name`` on ``device`` ("cpu" or "cuda") for the node class ``node``.
 
-    ``auto`` is float32 on CPU; on CUDA bfloat16 where the GPU supports it, else float16 (whose narrow range can
-    overflow LayerNorm and softmax to NaN). ``bfloat16`` on a GPU without it is a :class:`BabybearError`.
+    ``auto`` is bfloat16 on a CPU with native bfloat16 (:func:`cpu_native_bf16`), else float32 on CPU; on CUDA
+    bfloat16 where the GPU supports it, else float16 (whose narrow range can overflow LayerNorm and softmax to
+    NaN). ``bfloat16`` on a GPU without it is a :class:`BabybearError`.
     """
     import torch
 
     if name == "auto":
         if device != "cuda":
-            return torch.float32
+            return torch.bfloat16 if cpu_native_bf16() else torch.float32
         return torch.bfloat16 if _native_bf16() else torch.float16
     if name == "bfloat16" and device == "cuda" and not _native_bf16():
         raise BabybearError(

@@ -82,7 +82,9 @@ class HFTokenClassifier(TokenClassifierNode):
     class Params(TokenClassifierParams):
         device: Literal["auto", "cpu", "cuda"] = "auto"
         dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-            "auto", description="auto: bfloat16 on CUDA where the GPU supports it, else float16; float32 on CPU"
+            "auto",
+            description="auto: bfloat16 on CUDA where the GPU supports it, else float16; on CPU bfloat16 autocast "
+            "where the CPU has native bfloat16 (AMX, AVX512-BF16), else float32",
         )
 
     params: HFTokenClassifier.Params
@@ -91,6 +93,7 @@ class HFTokenClassifier(TokenClassifierNode):
         super().__init__(**params)
         self._model: Any = None
         self._device: str | None = None
+        self._autocast: Any = None  # the CPU's bfloat16 autocast dtype, or None (weights carry the dtype)
 
     def warm_up(self) -> None:
         if self._model is not None:
@@ -107,7 +110,10 @@ class HFTokenClassifier(TokenClassifierNode):
         if not tokenizer.is_fast:
             raise BabybearError(f"model '{self.params.model}' has no fast tokenizer (tokenizer.json); need offsets")
         model = AutoModelForTokenClassification.from_pretrained(path)
-        self._model = model.to(device=device, dtype=dtype).eval()
+        # on CPU, bfloat16 runs as autocast over float32 weights: the matrix products in bfloat16, LayerNorm and
+        # softmax in float32 (weights cast to bfloat16 throughout drift further from float32's answers)
+        self._autocast = dtype if device == "cpu" and dtype == torch.bfloat16 else None
+        self._model = model.to(device=device, dtype=torch.float32 if self._autocast else dtype).eval()
         self._set_tokenizer(tokenizer.backend_tokenizer, model.config.id2label)
         self._input_names = set(tokenizer.model_input_names)
         self._device = device
@@ -123,5 +129,5 @@ class HFTokenClassifier(TokenClassifierNode):
         feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in self._input_names}
         if self._device == "cuda":  # pinned host memory: the copy to the GPU is a single asynchronous DMA
             feed = {k: v.pin_memory().to(self._device, non_blocking=True) for k, v in feed.items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self._autocast, enabled=self._autocast is not None):
             return self._model(**feed).logits.float().cpu().numpy()

@@ -93,7 +93,9 @@ class TransformerTaggerParams(Params):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="autocast dtype on CUDA (auto: bfloat16 where supported, else float16); CPU runs float32"
+        "auto",
+        description="autocast dtype (auto: on CUDA bfloat16 where supported, else float16; on CPU bfloat16 where the "
+        "CPU has it natively, else float32); CPU runs float32 or bfloat16",
     )
     runtime: Literal["torch", "onnx"] = "torch"
     quantize_int8: bool = Field(False, description="onnx runtime only: int8 dynamic quantization (for CPU)")
@@ -702,16 +704,18 @@ class TransformerTagger(Node):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _amp_dtype(self) -> Any:
-        """The autocast dtype on CUDA (:func:`nodes._models.torch_dtype`)."""
-        return torch_dtype(self.params.dtype, "cuda", "TransformerTagger")
+        """The autocast dtype on this node's device (:func:`nodes._models.torch_dtype`)."""
+        return torch_dtype(self.params.dtype, self._torch_device(), "TransformerTagger")
 
     def _autocast(self) -> Any:
-        """fp16/bf16 autocast on CUDA; nothing on CPU or with dtype float32."""
+        """fp16/bf16 autocast on CUDA, bf16 on a CPU (dtype auto on a CPU with native bf16, or bfloat16); else
+        nothing."""
         import torch
 
-        if self._torch_device() != "cuda" or self.params.dtype == "float32":
+        device, dtype = self._torch_device(), self._amp_dtype()
+        if dtype == torch.float32 or (device != "cuda" and dtype != torch.bfloat16):
             return nullcontext()
-        return torch.autocast("cuda", dtype=self._amp_dtype())
+        return torch.autocast(device, dtype=dtype)
 
     # -- ONNX ------------------------------------------------------------------------------------------------
     def export_onnx(self, path: str | Path) -> Path:

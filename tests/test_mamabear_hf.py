@@ -43,7 +43,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def node(folder: Path) -> HFTokenClassifier:
-    node = HFTokenClassifier(model=str(folder), device="cpu")
+    node = HFTokenClassifier(model=str(folder), device="cpu", dtype="float32")  # compared with plain fp32 calls
     node.warm_up()
     return node
 

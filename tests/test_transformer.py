@@ -58,7 +58,7 @@ def untrained_student(**params) -> TransformerTagger:
     import torch
 
     torch.manual_seed(0)
-    node = TransformerTagger(layers=1, device="cpu", **params)
+    node = TransformerTagger(layers=1, device="cpu", **{"dtype": "float32", **params})  # compared with ONNX's fp32
     node.warm_up()  # the tokenizer
     node.labels_ = ["O", "B-PER", "I-PER"]
     node.model_ = node._build_model(pretrained=False).eval()
