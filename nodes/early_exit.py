@@ -260,6 +260,17 @@ def collect(
     return out
 
 
+def word_predictions(
+    words: Sequence[WordStates], id2label: dict[int, str], keep_token_probs: bool = True
+) -> list[Prediction]:
+    """The mamabear's predictions decoded from :func:`collect`'s words, as its own decoding gives them: the
+    warm-up's reference answers from the same pass that keeps the exits' training states."""
+    return [
+        _align.decode(w.spans, list(range(len(w.spans))), _align.softmax(w.logits), id2label, keep_token_probs)
+        for w in words
+    ]
+
+
 def word_restart_rate(sequences: Sequence[Sequence[str]]) -> float:
     """How often a word right after an ``X`` entity word starts a new ``X`` entity (``B-X``) rather than continuing
     it (``I-X``), add-one smoothed, in word label sequences: the learned score of :func:`_align.bio_transitions`."""

@@ -9,7 +9,7 @@ import pytest
 
 from circuit.errors import BabybearError
 from nodes import _layers
-from nodes.early_exit import EarlyExit, advance, resume_predictions, start_states
+from nodes.early_exit import EarlyExit, advance, collect, resume_predictions, start_states, word_predictions
 from nodes.mamabear_hf import HFTokenClassifier
 
 torch = pytest.importorskip("torch")
@@ -113,18 +113,15 @@ def test_resuming_from_layer_k_gives_the_mamabears_predictions_bit_for_bit(mamab
     texts = [*TEXTS, long]
     expected = mamabear.predict_batch(texts)
     p = mamabear.params
+    run = {"batch_size": p.batch_size, "autocast": getattr(mamabear, "_autocast", None)}  # its CPU autocast, if any
     for k in range(1, 3):
-        states = advance(
-            mamabear._model,
-            start_states(mamabear._tokenizer, texts, max_length=p.max_length, stride=p.stride),
-            k,
-            batch_size=p.batch_size,
-            autocast=getattr(mamabear, "_autocast", None),  # the mamabear's CPU autocast, where it has one
-        )
-        resumed = resume_predictions(
-            mamabear._model, states, batch_size=p.batch_size, autocast=getattr(mamabear, "_autocast", None)
-        )
-        assert resumed == expected  # evidence and token probabilities too: exact
+        start = start_states(mamabear._tokenizer, texts, max_length=p.max_length, stride=p.stride)
+        states = advance(mamabear._model, start, k, **run)
+        assert resume_predictions(mamabear._model, states, **run) == expected  # evidence, token probs too: exact
+    words = collect(
+        mamabear._model, mamabear._tokenizer, texts, [1, 2], max_length=p.max_length, stride=p.stride, **run
+    )
+    assert word_predictions(words, mamabear._id2label) == expected  # the warm-up's references, from the same pass
 
 
 def test_an_unsupported_architecture_is_a_clear_error() -> None:
