@@ -59,8 +59,8 @@ class Recipe(BaseModel):
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(128, ge=8, description="tokens per training sentence (longer ones are cut, in training only)")
     lr: float = Field(5e-5, gt=0, description="peak learning rate of the encoder")
-    head_lr: float = Field(5e-4, gt=0, description="peak learning rate of the classifier head")
-    warmup: float = Field(0.06, ge=0, lt=1, description="fraction of max_steps spent warming the learning rate up")
+    head_lr: float = Field(5e-5, gt=0, description="peak learning rate of the classifier head")
+    warmup_steps: int = Field(30, ge=1, description="steps of linear learning-rate warm-up")
     weight_decay: float = 0.01
     max_steps: int = Field(3_000, ge=1, description="steps of the linear decay (and the most steps taken)")
     eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
@@ -242,7 +242,7 @@ def train(
     optimizer = torch.optim.AdamW(
         [{"params": body, "lr": recipe.lr}, {"params": head, "lr": recipe.head_lr}], weight_decay=recipe.weight_decay
     )
-    warm = max(1, int(recipe.warmup * recipe.max_steps))
+    warm = recipe.warmup_steps
     start = time.perf_counter()
 
     def progress_done(step: int) -> float:

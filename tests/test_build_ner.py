@@ -74,7 +74,7 @@ def make_tiny_encoder(path: Path, texts: list[str]) -> Path:
 
 RECIPE = Recipe(
     encoder="unused", train_sentences=60, heldout_sentences=12, test_sentences=16, batch_size=8, max_steps=60,
-    eval_every=20, patience=3, lr=2e-3, head_lr=1e-2, warmup=0.1, freeze_word_embeddings=False,
+    eval_every=20, patience=3, lr=2e-3, head_lr=1e-2, warmup_steps=6, freeze_word_embeddings=False,
 )
 
 
