@@ -7,6 +7,7 @@ for every position in the context window, so a sentence's features are a few lis
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +16,13 @@ from pathlib import Path
 
 import pycrfsuite
 from pydantic import Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.node import Node
@@ -23,6 +30,8 @@ from circuit.node import Params as NodeParams
 from circuit.progress import console
 from circuit.types import Prediction
 
+from ._clusters import CLUSTERS_FILE, WordClusters
+from ._gazetteer import GAZETTEER_FILE, Gazetteer
 from ._tokens import Token, bio_to_spans, spans_to_bio, tokenize
 
 MODEL_FILE = "model.crfsuite"
@@ -32,6 +41,31 @@ EVIDENCE_KEYS = (
     "seq_prob", "min_marginal", "mean_marginal", "min_entity_marginal", "n_tokens", "n_spans",
     "n_uncertain", "n_unseen", "n_unseen_capitalized", "n_capitalized_untagged",
 )  # fmt: skip
+# with a warm-up gazetteer (``gazetteer: true``), about the predicted spans' strings and the gazetteer's matches
+GAZETTEER_EVIDENCE_KEYS = (
+    "n_spans_seen", "frac_spans_seen", "n_spans_labelled_otherwise", "n_spans_mixed", "n_gazetteer_untagged",
+)  # fmt: skip
+
+
+_NUMBER_AND_UNIT = re.compile(r"(\d(?:[\d.,]*\d)?)([^\W\d_]+)")  # 479m, 21.5bn, 1980s, 3G
+
+
+def crf_tokens(text: str, split_units: bool) -> list[Token]:
+    """:func:`tokenize`'s tokens; with ``split_units`` a number glued to letters ("£479m", "1980s") is two tokens,
+    as spaCy splits it: md labels "479" alone as MONEY in 2.2% of BBC sentences, which a CRF over the whole token
+    could never match."""
+    tokens = tokenize(text)
+    if not split_units:
+        return tokens
+    out = []
+    for t in tokens:
+        m = _NUMBER_AND_UNIT.fullmatch(t.text) if t.text[0].isdigit() else None
+        if m is None:
+            out.append(t)
+        else:
+            cut = t.start + m.end(1)
+            out += [Token(m.group(1), t.start, cut), Token(m.group(2), cut, t.end)]
+    return out
 
 
 def word_shape(word: str) -> str:
@@ -51,8 +85,9 @@ class WordFeatures:
     ``k`` positions away sees, already prefixed with ``k``. Thread-safe: a cache race only recomputes a word.
     """
 
-    def __init__(self, window: int, max_words: int = 200_000) -> None:
+    def __init__(self, window: int, max_words: int = 200_000, clusters: WordClusters | None = None) -> None:
         self.offsets = [k for k in range(-window, window + 1) if k]
+        self.clusters = clusters
         self.max_words = max_words
         self._cache: dict[str, tuple[list[str], dict[int, list[str]]]] = {}
         # what a token sees at an offset that falls outside the sentence
@@ -69,6 +104,11 @@ class WordFeatures:
         if any(ch.isdigit() for ch in word):
             own.append("digit")
         seen = ["w=" + low, "sh=" + shape]
+        if self.clusters is not None:
+            ids = self.clusters.get(word)
+            cl = [f"c{k}={c}" for k, c in zip(self.clusters.sizes, ids)] if ids is not None else ["c=none"]
+            own += cl
+            seen += cl
         entry = own, {k: [f"{k}:{f}" for f in seen] for k in self.offsets}
         if len(self._cache) >= self.max_words:
             self._cache.clear()
@@ -139,6 +179,13 @@ class CRFTagger(Node):
     not in the training texts, case-insensitive), ``n_unseen_capitalized`` (of those, capitalised ones after the
     first token), ``n_capitalized_untagged`` (capitalised tokens after the first one tagged O). A model saved
     without its vocabulary (format 1) counts no word as unseen.
+
+    What the mamabear knows, as features: ``vectors`` names static word vectors (a spaCy model, resolved like
+    the spaCy mamabear's), whose rows are clustered at fit time at ``cluster_sizes`` granularities; each token
+    and its neighbours get their cluster ids (the table is saved with the model, so loading needs no vectors).
+    ``gazetteer`` keeps the strings the mamabear labelled in the training texts with their label counts: the
+    longest match at each token is a feature, and the evidence gains :data:`GAZETTEER_EVIDENCE_KEYS` (see
+    :meth:`_gazetteer_evidence`).
     """
 
     class Params(NodeParams):
@@ -147,17 +194,26 @@ class CRFTagger(Node):
         max_iterations: int = Field(100, ge=1, description="L-BFGS iterations")
         window: int = Field(1, ge=0, le=4, description="neighbours on each side whose features a token sees")
         keep_token_probs: bool = Field(False, description="return per-token label marginals as token_probs")
+        vectors: str | None = Field(
+            None, description="static word vectors to cluster for features: a spaCy model (package, folder or offline alias), or none"
+        )
+        cluster_sizes: list[int] = Field([64, 256, 1024], min_length=1, description="k-means granularities of the vector clusters")
+        gazetteer: bool = Field(False, description="features and evidence from the strings the mamabear labelled in warm-up")
+        gazetteer_folds: int = Field(5, ge=2, description="training texts see a gazetteer built without their own fold")
+        split_units: bool = Field(True, description='a number glued to letters ("479m", "1980s") is two tokens')
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         self.model_: bytes | None = None
         self.labels_: list[str] = []
         self.vocab_: frozenset[str] | None = None  # lower-cased training words
+        self.clusters_: WordClusters | None = None
+        self.gazetteer_: Gazetteer | None = None
         self._reset()
 
     def _reset(self) -> None:
         """Fresh feature cache and per-thread taggers, after the params or the model changed."""
-        self.features = WordFeatures(self.params.window)
+        self.features = WordFeatures(self.params.window, clusters=self.clusters_)
         self._local = threading.local()
 
     @property
@@ -180,14 +236,28 @@ class CRFTagger(Node):
                 "feature.possible_transitions": True,
             }
         )
+        p = self.params
+        self.clusters_ = WordClusters.from_spacy(p.vectors, p.cluster_sizes) if p.vectors else None
+        self.gazetteer_ = Gazetteer.build(texts, (r.spans for r in reference)) if p.gazetteer else None
+        self._reset()
+        # each training text sees a gazetteer built without its own fold (contiguous folds keep documents
+        # together), or the CRF would learn that every gazetteer match is right, which it is only on its own texts
+        folds = p.gazetteer_folds if p.gazetteer else 1
+        bounds = [len(texts) * f // folds for f in range(folds + 1)]
         n_sequences = 0
         vocab: set[str] = set()
-        for text, ref in zip(texts, reference):
-            tokens = tokenize(text)
-            if tokens:
-                trainer.append(self._featurize(tokens), spans_to_bio(tokens, ref.spans))
-                vocab.update(t.text.lower() for t in tokens)
-                n_sequences += 1
+        for f in range(folds):
+            lo, hi = bounds[f], bounds[f + 1]
+            gazetteer = None
+            if p.gazetteer:
+                rest = [*range(lo), *range(hi, len(texts))]
+                gazetteer = Gazetteer.build((texts[i] for i in rest), (reference[i].spans for i in rest))
+            for text, ref in zip(texts[lo:hi], reference[lo:hi]):
+                tokens = crf_tokens(text, self.params.split_units)
+                if tokens:
+                    trainer.append(self._featurize(tokens, gazetteer), spans_to_bio(tokens, ref.spans))
+                    vocab.update(t.text.lower() for t in tokens)
+                    n_sequences += 1
         if not n_sequences:
             raise BabybearError("CRFTagger.fit needs at least one text with a token in it")
         with tempfile.TemporaryDirectory() as tmp, _training_bar(self.params.max_iterations, n_sequences) as step:
@@ -203,13 +273,17 @@ class CRFTagger(Node):
         return [self._predict(tagger, text) for text in texts]
 
     def _predict(self, tagger: InMemoryTagger, text: str) -> Prediction:
-        tokens = tokenize(text)
+        tokens = crf_tokens(text, self.params.split_units)
         keep = self.params.keep_token_probs
         if not tokens:
             evidence = dict.fromkeys(EVIDENCE_KEYS, 0.0)
             evidence |= {"seq_prob": 1.0, "min_marginal": 1.0, "mean_marginal": 1.0, "min_entity_marginal": 1.0}
+            if self.gazetteer_ is not None:
+                evidence |= dict.fromkeys(GAZETTEER_EVIDENCE_KEYS, 0.0) | {"frac_spans_seen": 1.0}
             return Prediction((), evidence, [] if keep else None)
-        tagger.set(self._featurize(tokens))
+        words = [t.text for t in tokens]
+        matches = self.gazetteer_.match(words) if self.gazetteer_ is not None else None
+        tagger.set(self._featurize(tokens, self.gazetteer_, matches))
         tags = tagger.tag()
         marginals = [tagger.marginal(tag, i) for i, tag in enumerate(tags)]
         entity = [m for m, tag in zip(marginals, tags) if tag != "O"]
@@ -229,6 +303,8 @@ class CRFTagger(Node):
             "n_unseen_capitalized": float(sum(u and c for u, c in zip(unseen, capitalized))),
             "n_capitalized_untagged": float(sum(c and tag == "O" for c, tag in zip(capitalized, tags))),
         }
+        if self.gazetteer_ is not None:
+            evidence |= self._gazetteer_evidence(tokens, tags, spans, text, matches)
         token_probs = None
         if keep:
             token_probs = [
@@ -237,8 +313,45 @@ class CRFTagger(Node):
             ]
         return Prediction(tuple(spans), evidence, token_probs)
 
-    def _featurize(self, tokens: Sequence[Token]) -> list[list[str]]:
-        return self.features([t.text for t in tokens])
+    def _gazetteer_evidence(
+        self, tokens: Sequence[Token], tags: Sequence[str], spans: Sequence, text: str, matches: Sequence[tuple[int, int, str]] | None = None
+    ) -> dict[str, float]:
+        """How the predicted spans sit with what the mamabear labelled in warm-up: ``n_spans_seen`` (spans whose
+        string it labelled with the same label), ``frac_spans_seen`` (of the spans; 1 without spans),
+        ``n_spans_labelled_otherwise`` (spans whose string it mostly labelled with another label),
+        ``n_spans_mixed`` (spans whose string it labelled in more than one way), and
+        ``n_gazetteer_untagged`` (gazetteer matches whose every token the CRF tagged O)."""
+        gz = self.gazetteer_
+        assert gz is not None
+        seen = other = mixed = 0
+        first = {t.start: i for i, t in enumerate(tokens)}
+        last = {t.end: i for i, t in enumerate(tokens)}
+        for s in spans:  # spans start and end on tokens: their key is their words
+            key = " ".join(t.text for t in tokens[first[s.start] : last[s.end] + 1])
+            counts = gz.counts.get(key)
+            if counts is None:
+                continue
+            seen += s.label in counts
+            other += gz.best[key] != s.label
+            mixed += len(counts) > 1
+        if matches is None:
+            matches = gz.match([t.text for t in tokens])
+        untagged = sum(all(tags[k] == "O" for k in range(i, j)) for i, j, _ in matches)
+        return {
+            "n_spans_seen": float(seen),
+            "frac_spans_seen": seen / len(spans) if spans else 1.0,
+            "n_spans_labelled_otherwise": float(other),
+            "n_spans_mixed": float(mixed),
+            "n_gazetteer_untagged": float(untagged),
+        }
+
+    def _featurize(self, tokens: Sequence[Token], gazetteer: Gazetteer | None = None, matches: Sequence[tuple[int, int, str]] | None = None) -> list[list[str]]:
+        words = [t.text for t in tokens]
+        feats = self.features(words)
+        if gazetteer is not None:
+            for f, g in zip(feats, gazetteer.features(words, matches)):
+                f += g
+        return feats
 
     def _tagger(self) -> InMemoryTagger:
         """This thread's tagger (crfsuite taggers are not thread-safe)."""
@@ -256,8 +369,9 @@ class CRFTagger(Node):
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:
-        """Write ``model.crfsuite`` (crfsuite's own format), ``crf.json`` (params and labels) and, in format 2,
-        ``vocab.json`` (the sorted training words)."""
+        """Write ``model.crfsuite`` (crfsuite's own format), ``crf.json`` (params and labels), in format 2
+        ``vocab.json`` (the sorted training words), and where the params ask for them ``clusters.json.gz`` (the
+        word clusters) and ``gazetteer.json``."""
         if self.model_ is None:
             raise NotFittedError("CRFTagger is not fitted: nothing to save")
         path = Path(path)
@@ -267,13 +381,21 @@ class CRFTagger(Node):
         (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if self.vocab_ is not None:
             (path / VOCAB_FILE).write_text(json.dumps(sorted(self.vocab_), ensure_ascii=False), encoding="utf-8")
+        if self.clusters_ is not None:
+            self.clusters_.to_disk(path / CLUSTERS_FILE)
+        if self.gazetteer_ is not None:
+            self.gazetteer_.to_disk(path / GAZETTEER_FILE)
 
     def from_disk(self, path: Path) -> CRFTagger:
         """Load what :meth:`to_disk` wrote; the saved params replace these (they define the model's features)."""
         path = Path(path)
         try:
             meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-            self.params = self.Params(**meta["params"])
+            # a model saved before split_units existed was trained on whole tokens
+            self.params = self.Params(**{"split_units": False, **meta["params"]})
+            # the features the model was trained on: the saved cluster table (no vectors needed) and gazetteer
+            self.clusters_ = WordClusters.from_disk(path / CLUSTERS_FILE) if self.params.vectors else None
+            self.gazetteer_ = Gazetteer.from_disk(path / GAZETTEER_FILE) if self.params.gazetteer else None
             self._load_model((path / MODEL_FILE).read_bytes())
             # format 2 saves the vocabulary: without it every word would count as seen, so it must be there
             vocab_file = path / VOCAB_FILE

@@ -14,7 +14,7 @@ from circuit.errors import ArtifactError, NotFittedError
 from circuit.metrics import entity_f1
 from circuit.types import Prediction, Span
 from nodes._tokens import bio_to_spans, spans_to_bio, tokenize
-from nodes.crf import EVIDENCE_KEYS, CRFTagger
+from nodes.crf import EVIDENCE_KEYS, CRFTagger, crf_tokens
 from tests.conftest import ODD_TEXTS
 
 
@@ -110,7 +110,7 @@ def test_bad_inputs_answer_one_prediction_each_in_order(crf):
     assert len(preds) == len(ODD_TEXTS)
     for text, p in zip(ODD_TEXTS, preds):
         assert set(p.evidence) == set(EVIDENCE_KEYS)
-        assert p.evidence["n_tokens"] == len(tokenize(text))
+        assert p.evidence["n_tokens"] == len(crf_tokens(text, crf.params.split_units))
         assert all(0 <= s.start < s.end <= len(text) for s in p.spans)
     assert preds[0].spans == () and preds[0].evidence["seq_prob"] == 1.0
     assert preds[1].spans == () and preds[1].evidence["n_tokens"] == 0
@@ -122,7 +122,7 @@ def test_token_probs_only_when_asked(crf, labelled_bbc, tmp_path):
     soft.params.keep_token_probs = True
     text = labelled_bbc[2][0]
     (p,) = soft.predict_batch([text])
-    assert [(s, e) for s, e, _ in p.token_probs] == [(t.start, t.end) for t in tokenize(text)]
+    assert [(s, e) for s, e, _ in p.token_probs] == [(t.start, t.end) for t in crf_tokens(text, True)]
     for _, _, probs in p.token_probs:
         assert set(probs) == set(crf.labels_) and sum(probs.values()) == pytest.approx(1.0)
     assert soft.predict_batch([""])[0].token_probs == []
