@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from circuit.errors import ArtifactError, BabybearError, NotFittedError
 from circuit.metrics import expected_calibration_error
 from circuit.node import Node, Params
+from circuit.records import clean_text
 from circuit.types import Prediction, Span
 from nodes import _align
 from nodes._models import torch_dtype
@@ -623,7 +624,8 @@ class TransformerTagger(Node):
 
     # -- tokens ----------------------------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> list[_Encoded]:
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        texts = [clean_text(t) for t in texts]  # a lone surrogate reads as U+FFFD (the tokenizer refuses it), offsets kept
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         out = []
         for text, enc in zip(texts, encodings):
             offsets = [_tidy_offsets(text, s, e) for s, e in enc.offsets]
