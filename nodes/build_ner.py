@@ -464,3 +464,25 @@ def build_model(name: str, *, force: bool = False, corpus: str | None = None, pr
     report = build(target, recipe, train_texts, test_texts, spacy_labeller(recipe.labeller, progress), progress=progress, log=log, command=command)
     log(f"built {name} in {report['build_minutes']:.1f} min: {target}")
     return target
+
+
+def compare_dtypes(model: str, texts: Sequence[str], refs: Sequence[Sequence[Span]] | None = None) -> dict[str, float]:
+    """The HF mamabear ``model`` on CPU in float32 and with bfloat16 autocast, on the same ``texts``: time per
+    sentence of each, entity-F1 of bfloat16's spans against float32's, the share of texts with the same spans, and
+    (given ``refs``) each one's entity-F1 against them."""
+    from .mamabear_hf import HFTokenClassifier
+
+    out: dict[str, float] = {"texts": float(len(texts))}
+    spans = {}
+    for dtype in ("float32", "bfloat16"):
+        node = HFTokenClassifier(model=model, device="cpu", dtype=dtype)
+        node.predict_batch(list(texts[:8]))  # loads the model and warms the kernels up
+        t0 = time.perf_counter()
+        spans[dtype] = [p.spans for p in node.predict_batch(texts)]
+        out[f"{dtype}_ms_per_sentence"] = 1000 * (time.perf_counter() - t0) / max(1, len(texts))
+        if refs is not None:
+            out[f"{dtype}_f1_vs_refs"] = entity_f1(spans[dtype], refs)
+    out["bf16_speedup"] = out["float32_ms_per_sentence"] / out["bfloat16_ms_per_sentence"]
+    out["bf16_vs_fp32_f1"] = entity_f1(spans["bfloat16"], spans["float32"])
+    out["same_spans"] = float(np.mean([a == b for a, b in zip(spans["bfloat16"], spans["float32"])])) if texts else 1.0
+    return out

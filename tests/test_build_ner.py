@@ -222,3 +222,11 @@ def test_the_real_mpnet_news_ner_finds_news_entities() -> None:
     assert {("Tony Blair", "PERSON"), ("Washington", "GPE")} <= found, found
     report = json.loads((folder / "build.json").read_text())
     assert report["test_f1"] >= 0.5 and report["curve"]
+
+
+def test_compare_dtypes_reports_speed_and_agreement(built) -> None:
+    texts = _sentences(10, 13)
+    out = build_ner.compare_dtypes(str(built[0]), texts, rule_labeller(texts))
+    assert out["texts"] == 10 and out["float32_ms_per_sentence"] > 0 and out["bfloat16_ms_per_sentence"] > 0
+    assert out["bf16_vs_fp32_f1"] >= 0.9 and 0.8 <= out["same_spans"] <= 1.0
+    assert 0 <= out["float32_f1_vs_refs"] <= 1 and 0 <= out["bfloat16_f1_vs_refs"] <= 1
