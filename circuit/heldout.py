@@ -51,7 +51,7 @@ class Heldout:
     def build(cls, texts: list[str], preds: Mapping[str, list[Prediction]], costs: Mapping[str, float], n_calibration: int, structure: Structure) -> Heldout:
         """The cache of ``preds`` on ``texts``, scored by ``structure``'s gates (fitted, or to be fitted and then
         :meth:`rescore`)."""
-        run = CachedRun(structure.topology, dict(preds), {}, dict(costs), np.array([n_tokens(t) for t in texts]))
+        run = CachedRun(structure.topology, dict(preds), {}, dict(costs), np.array([n_tokens(t) for t in texts]), structure.covers())
         return cls(list(texts), run, n_calibration)
 
     def rescore(self, structure: Structure) -> Heldout:

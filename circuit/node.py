@@ -9,7 +9,7 @@ list of valid names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +51,26 @@ class Node(ABC):
     @abstractmethod
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, same order. Must accept empty and odd texts without raising."""
+
+    # -- handing on a resumable state (early exit) -----------------------------------------------------------
+    def bind(self, nodes: Mapping[str, Node]) -> None:
+        """Called with every node of the circuit, by name, before the node is warmed up: a node that runs on part
+        of another node's model (an early exit on the mamabear's first layers) finds that node here."""
+
+    def covers(self, name: str, successor: Node) -> float:
+        """The share (0 to 1) of ``successor``'s work (the node named ``name``) already done in the state this node
+        hands on with each text: an exit after k of an L-layer mamabear's layers covers k / L of it. 0 (the
+        default) when it hands on nothing ``successor`` can continue from."""
+        return 0.0
+
+    def predict_with_state(self, texts: Sequence[str]) -> tuple[list[Prediction], list[Any]]:
+        """:meth:`predict_batch` plus, per text, the state a successor it :meth:`covers` continues from."""
+        return self.predict_batch(texts), [None] * len(texts)
+
+    def finish(self, successor: Node, texts: Sequence[str], states: Sequence[Any]) -> tuple[list[Prediction], list[Any]]:
+        """``successor``'s predictions for ``texts`` (and its own states) computed from the ``states`` this node
+        handed on, doing only the work :meth:`covers` leaves; for nodes that cover something."""
+        raise NotImplementedError(f"{type(self).__name__} covers no successor's work")
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:

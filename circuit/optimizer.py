@@ -166,12 +166,11 @@ class Scorer:
         return out
 
     def cost(self, codes: np.ndarray, rows: np.ndarray | None = None) -> float:
-        """Seconds per token: each node's measured cost times the tokens of the sentences that reach it."""
+        """Seconds per token: each node's measured cost times the tokens of the sentences it ran on (less what a
+        state handed on to it covered, :meth:`CachedRun.cost_per_unit`)."""
         tokens = self.tokens if rows is None else self.tokens[rows]
-        per_token = np.zeros(len(codes))
-        for name, b in self.bit.items():
-            per_token += self.run.costs.get(name, 0.0) * ((codes & b) > 0)
-        return float((per_token * tokens).sum() / max(tokens.sum(), 1))
+        per_unit = self.run.cost_per_unit({name: (codes & b) > 0 for name, b in self.bit.items()})
+        return float((per_unit * tokens).sum() / max(tokens.sum(), 1))
 
     def outcome(self, thresholds: Mapping[Edge, float], rows: np.ndarray | None = None) -> tuple[Outcome, np.ndarray]:
         codes = self.codes(thresholds, rows)

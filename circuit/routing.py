@@ -33,6 +33,18 @@ def goes_on(scores: np.ndarray, threshold: float, source_disabled: bool = False,
     return on if sure is None else on | ~sure
 
 
+def resume_sources(covers: Mapping[Edge, float], node: str, ran: Mapping[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, the node whose handed-on state ``node`` continues from, and the share of ``node``'s work it covers:
+    among the nodes that ran on the unit (``ran``: masks) and cover ``node`` (``covers``: (producer, consumer) ->
+    share), the one that covers most (None and 0 where none did). The unit costs ``node`` 1 - that share."""
+    source, share = np.full(n, None, dtype=object), np.zeros(n)
+    for (u, v), c in sorted(covers.items()):
+        if v == node and u in ran:
+            take = ran[u] & (c > share)
+            source[take], share[take] = u, c
+    return source, share
+
+
 def merge(visited: Sequence[str], preds: Mapping[str, Prediction], labels: Mapping[str, frozenset[str] | None]) -> tuple[Span, ...]:
     """The answer from the nodes a sentence visited (``visited`` in topological order)."""
     spans: list[Span] = []
@@ -93,7 +105,9 @@ class CachedRun:
     """Every node's output and every gate's score on the same units, so any thresholds can be scored exactly.
 
     ``preds[node][i]`` is node's prediction on unit i; ``scores[edge][i]`` the edge gate's P(agree) from the
-    source's evidence; ``reference`` is the mamabear's answer; ``costs`` seconds per token; ``tokens`` per unit.
+    source's evidence; ``reference`` is the mamabear's answer; ``costs`` seconds per token; ``tokens`` per unit;
+    ``covers`` (node, later node) -> the share of the later node's work a state the first hands on covers (early
+    exits: a unit that ran exit@k costs the mamabear 1 - k/L of its price, see :func:`resume_sources`).
     """
 
     topology: Topology
@@ -101,6 +115,7 @@ class CachedRun:
     scores: dict[Edge, np.ndarray]
     costs: dict[str, float]
     tokens: np.ndarray
+    covers: dict[Edge, float] = field(default_factory=dict)
     _counts: dict[tuple[int, tuple[str, ...]], tuple[int, int, int, dict]] = field(default_factory=dict, repr=False)
 
     @property
@@ -150,7 +165,7 @@ class CachedRun:
                 for k in range(3):
                     acc[k] += counts[k]
         tokens = self.tokens[rows]
-        cost = sum(self.costs.get(name, 0.0) * tokens[reach[name]].sum() for name in order if name not in self.topology.disabled)
+        cost = self.cost_per_unit({name: reach[name] for name in order if name not in self.topology.disabled}) @ tokens
         return {
             "f1": f1(tp, fp, fn),
             "counts": (tp, fp, fn),
@@ -163,9 +178,19 @@ class CachedRun:
             "cost_per_token": float(cost / max(tokens.sum(), 1)),
         }
 
+    def cost_per_unit(self, ran: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each unit's price per token: the cost of every node that ran on it (``ran``: masks), less the share
+        of a node's work a state handed on to it covered."""
+        n = len(next(iter(ran.values()))) if ran else 0
+        out = np.zeros(n)
+        for name, mask in ran.items():
+            _, share = resume_sources(self.covers, name, ran, n)
+            out += self.costs.get(name, 0.0) * mask * (1.0 - share)
+        return out
+
     def with_topology(self, topology: Topology) -> CachedRun:
         """The same cached outputs routed by ``topology`` (e.g. with other nodes switched off)."""
-        return CachedRun(topology, self.preds, self.scores, self.costs, self.tokens)
+        return CachedRun(topology, self.preds, self.scores, self.costs, self.tokens, self.covers)
 
     def subset(self, rows: np.ndarray) -> CachedRun:
         """The same run restricted to ``rows``."""
@@ -176,6 +201,7 @@ class CachedRun:
             {e: v[rows] for e, v in self.scores.items()},
             self.costs,
             self.tokens[rows],
+            self.covers,
         )
 
     def calibration(self, edge: Edge) -> dict:

@@ -10,6 +10,9 @@
   warning names node and text); one the mamabear fails on gets an empty answer carrying a :class:`NodeError`.
   The rest go on.
 * Results come back in input order, and a stream of any length runs in flat memory (two chunks in flight).
+* Nothing is computed twice: a node that hands on a resumable state (an early exit: the mamabear's first layers)
+  keeps it for the texts it passes on, and a successor it covers (:meth:`Node.covers`) continues from it
+  (:meth:`Node.finish`), from the deepest such state a text has (:func:`circuit.routing.resume_sources`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 import networkx as nx
@@ -28,7 +32,7 @@ import numpy as np
 from .errors import BabybearError, NodeError, NotFittedError
 from .node import Node
 from .progress import track
-from .routing import goes_on, merge
+from .routing import goes_on, merge, resume_sources
 from .structure import Structure
 from .text import n_tokens, split_text, stitch_spans
 from .types import Answer, Prediction, Span
@@ -92,6 +96,7 @@ class NodeRun:
     preds: list[Prediction]
     errors: dict[int, NodeError] = field(default_factory=dict)
     seconds: float = 0.0
+    states: list[Any] | None = None  # per text, the state a covered successor continues from (None: none kept)
 
 
 @dataclass
@@ -107,7 +112,9 @@ class Routed:
     stats: dict[str, dict[str, float]]
 
 
-Wave = dict[str, tuple[list[str], list[str]]]  # node -> (texts, ids) it must answer in this wave
+Call = Callable[[list[str], list[int]], tuple[list[Prediction], list[Any] | None]]  # (texts, their rows) -> answers
+Resume = list[tuple[str, Any] | None]  # per text: (the node whose state it continues from, that state), or None
+Wave = dict[str, tuple[list[str], list[str], Resume | None, bool]]  # node -> (texts, ids, resume, keep its states)
 RouteSteps = Generator[Wave, dict[str, NodeRun], Routed]
 
 
@@ -149,28 +156,46 @@ class Scheduler:
         self._gpu.shutdown(wait=True)
 
     # -- one node ----------------------------------------------------------------------------------------------
-    def predict(self, name: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> NodeRun:
-        """Node ``name``'s answers on ``texts`` in order; a text it fails on gets ``Prediction()`` and an error."""
+    def predict(self, name: str, texts: Sequence[str], ids: Sequence[str] | None = None, resume: Resume | None = None, keep_states: bool = False) -> NodeRun:
+        """Node ``name``'s answers on ``texts`` in order; a text it fails on gets ``Prediction()`` and an error.
+        ``resume`` says, per text, from which earlier node's state to continue (see :meth:`Node.finish`);
+        ``keep_states`` keeps the node's own states for its covered successors (:meth:`Node.predict_with_state`)."""
         ids = [str(i) for i in range(len(texts))] if ids is None else ids
         node = self.circuit.node(name)
         start = time.perf_counter()
-        run = NodeRun([Prediction() for _ in texts])
-        batches = micro_batches([n_tokens(t) for t in texts], self.batch_size, self.token_budget)
-        show = self.progress and len(batches) > 1
-        for batch in track(batches, len(texts), f"{name:>12}", show, size=len):
-            self._guarded(name, node, batch, texts, ids, run)
+        run = NodeRun([Prediction() for _ in texts], states=[None] * len(texts) if keep_states else None)
+        groups: dict[str | None, list[int]] = {}
+        for i in range(len(texts)):
+            groups.setdefault(resume[i][0] if resume and resume[i] else None, []).append(i)
+        for source, members in groups.items():
+            call = self._caller(node, source, resume, keep_states)
+            lengths = [n_tokens(texts[i]) for i in members]
+            batches = [[members[j] for j in b] for b in micro_batches(lengths, self.batch_size, self.token_budget)]
+            show = self.progress and len(batches) > 1
+            for batch in track(batches, len(members), f"{name:>12}", show, size=len):
+                self._guarded(name, call, batch, texts, ids, run)
         run.seconds = time.perf_counter() - start
         return run
 
-    def _guarded(self, name: str, node: Node, batch: list[int], texts: Sequence[str], ids: Sequence[str], run: NodeRun) -> None:
-        """Answer ``batch`` into ``run``: halve on out-of-memory, bisect other failures down to the culprit."""
+    def _caller(self, node: Node, source: str | None, resume: Resume | None, keep_states: bool) -> Call:
+        """How ``node`` answers texts: from the states ``source`` handed on, or afresh (keeping its own states)."""
+        if source is not None:
+            producer = self.circuit.node(source)
+            return lambda texts, rows: producer.finish(node, texts, [resume[i][1] for i in rows])  # type: ignore[index]
+        if keep_states:
+            return lambda texts, rows: node.predict_with_state(texts)
+        return lambda texts, rows: (node.predict_batch(texts), None)
+
+    def _guarded(self, name: str, call: Call, batch: list[int], texts: Sequence[str], ids: Sequence[str], run: NodeRun) -> None:
+        """Answer ``batch`` into ``run`` with ``call``: halve on out-of-memory, bisect other failures down to the
+        culprit."""
         cap = self._caps.get(name, len(batch))
         if len(batch) > cap:
             for k in range(0, len(batch), cap):
-                self._guarded(name, node, batch[k : k + cap], texts, ids, run)
+                self._guarded(name, call, batch[k : k + cap], texts, ids, run)
             return
         try:
-            preds = node.predict_batch([texts[i] for i in batch])
+            preds, states = call([texts[i] for i in batch], batch)
         except BabybearError:
             raise  # a configuration or contract problem, not a bad text
         except Exception as err:  # noqa: BLE001 - any failure of a model on its input is isolated
@@ -183,13 +208,15 @@ class Scheduler:
                 self._caps[name] = len(batch) // 2
                 log.warning("node '%s' ran out of memory on %d texts; retrying in batches of %d", name, len(batch), len(batch) // 2)
             half = len(batch) // 2
-            self._guarded(name, node, batch[:half], texts, ids, run)
-            self._guarded(name, node, batch[half:], texts, ids, run)
+            self._guarded(name, call, batch[:half], texts, ids, run)
+            self._guarded(name, call, batch[half:], texts, ids, run)
             return
         if len(preds) != len(batch):
             raise BabybearError(f"node '{name}' returned {len(preds)} predictions for {len(batch)} texts")
-        for i, p in zip(batch, preds):
-            run.preds[i] = p
+        for k, i in enumerate(batch):
+            run.preds[i] = preds[k]
+            if run.states is not None and states is not None:
+                run.states[i] = states[k]
 
     # -- routing -----------------------------------------------------------------------------------------------
     def route_steps(self, units: Sequence[str], ids: Sequence[str]) -> RouteSteps:
@@ -210,18 +237,31 @@ class Scheduler:
         lowest = {name: np.ones(n) for name in topo.order}  # lowest out-edge gate score per unit
         stats: dict[str, dict[str, float]] = {name: {"texts": 0, "seconds": 0.0} for name in topo.order}
         rank = {name: k for k, name in enumerate(topo.order)}
+        covers = circuit.covers()
+        keeps = {u for u, _ in covers}  # nodes whose states a successor continues from
+        held: dict[str, dict[int, Any]] = {u: {} for u in keeps}  # their states, for the units they handed on
         for wave in nx.topological_generations(circuit.graph):
             wave = sorted(wave, key=rank.__getitem__)
             idx = {name: np.flatnonzero(reach[name] & ~failed) for name in wave}
             for name in topo.disabled.intersection(wave):  # switched off: not run, and not scored
                 for succ in circuit.successors(name):
                     reach[succ][idx[name][goes_on(np.ones(len(idx[name])), 1.0, source_disabled=True)]] = True
-            work = {name: ([units[i] for i in ix], [ids[i] for i in ix]) for name, ix in idx.items() if len(ix) and name not in topo.disabled}
+            work = {}
+            for name, ix in idx.items():
+                if not len(ix) or name in topo.disabled:
+                    continue
+                kept = {u: np.isin(np.arange(n), list(held[u])) for u in keeps}
+                source, _ = resume_sources(covers, name, kept, n)
+                resume = [(source[i], held[source[i]][i]) if source[i] else None for i in ix] if any(source[ix]) else None
+                work[name] = ([units[i] for i in ix], [ids[i] for i in ix], resume, name in keeps)
             results = (yield work) if work else {}
             for name, run in results.items():
                 ix = idx[name]
                 stats[name] = {"texts": len(ix), "seconds": run.seconds}
                 preds[name] = dict(zip(ix.tolist(), run.preds))
+                for i, state in zip(ix.tolist(), run.states or []):
+                    if state is not None:
+                        held[name][i] = state
                 ok = np.ones(len(ix), dtype=bool)
                 for j, err in run.errors.items():
                     ok[j] = False
@@ -230,6 +270,7 @@ class Scheduler:
                         failed[ix[j]] = True
                     else:
                         broken[name][ix[j]] = True
+                    held.get(name, {}).pop(int(ix[j]), None)
                 for succ in circuit.successors(name):
                     edge = circuit.edge(name, succ)
                     other = edge.agree_with
@@ -242,6 +283,9 @@ class Scheduler:
                         scores[sure] = edge.gate.score(circuit.gate_evidence(name, succ, here))
                         lowest[name][good] = np.minimum(lowest[name][good], scores[sure])
                     reach[succ][ix[goes_on(scores, edge.threshold, sure=sure)]] = True
+                if name in held:  # a state is kept only for the units handed on
+                    on = np.logical_or.reduce([reach[succ] for succ in circuit.successors(name)] + [np.zeros(n, dtype=bool)])
+                    held[name] = {i: state for i, state in held[name].items() if on[i]}
         spans, exits, confidences = [], [], []
         for i in range(n):
             if i in errors:

@@ -207,6 +207,17 @@ class Structure:
         other = self.edge(source, target).agree_with
         return gate_evidence(preds[source], preds[other] if other else None, other)
 
+    def covers(self) -> dict[Edge, float]:
+        """(node, later node) -> the share of the later node's work the state the first hands on covers (an early
+        exit after k of the mamabear's L layers: k / L), for every pair that shares work (see :meth:`Node.covers`)."""
+        out = {}
+        for u in self.graph:
+            for v in nx.descendants(self.graph, u):
+                share = self.node(u).covers(v, self.node(v))
+                if share > 0:
+                    out[(u, v)] = float(share)
+        return out
+
     def score_gates(self, preds: Mapping[str, Sequence[Prediction]]) -> dict[Edge, np.ndarray]:
         """Every edge gate's score on ``preds`` (node -> predictions on the same units)."""
         return {(s, t): self.edge(s, t).gate.score(self.gate_evidence(s, t, preds)) for s, t in self.topology.edges}
@@ -258,7 +269,10 @@ class Structure:
         return self
 
     def warm_up(self: S) -> S:
-        """Load every node's weights (idempotent); returns self."""
-        for name in self.graph:
-            self.node(name).warm_up()
+        """Bind every node to the others (:meth:`Node.bind`) and load its weights (idempotent); returns self."""
+        nodes = {name: self.node(name) for name in self.graph}
+        for node in nodes.values():
+            node.bind(nodes)
+        for node in nodes.values():
+            node.warm_up()
         return self

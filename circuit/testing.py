@@ -12,14 +12,15 @@ or one test per check, so a failure names the check::
         check(my_fitted_node, some_texts, tmp_path)
 
 Each check takes a node ready to predict (fitted, for a babybear), a few ordinary texts of its domain and an
-empty folder, and raises ``AssertionError`` saying what is wrong.
+empty folder, and raises ``AssertionError`` saying what is wrong. A node that works on another node's model (an
+early exit on its mamabear) also takes ``peers``, the nodes it is bound to (:meth:`Node.bind`), by name.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pydantic
@@ -44,7 +45,7 @@ mixed scripts, a lone surrogate (which UTF-8 cannot encode)."""
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt")
 
-Check = Callable[[Node, Sequence[str], Path], None]
+Check = Callable[..., None]  # (node, texts, folder, peers=None) -> None
 
 
 def _assert_valid(texts: Sequence[str], preds: Sequence[Prediction], where: str) -> None:
@@ -69,7 +70,7 @@ def _assert_same(a: Sequence[Prediction], b: Sequence[Prediction], where: str) -
             )
 
 
-def check_params_are_validated(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_params_are_validated(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """Unknown parameter names are refused, and the node's own params build an equal node without loading."""
     try:
         type(node)(**node.get_params(), not_a_parameter_of_any_node=1)
@@ -80,7 +81,7 @@ def check_params_are_validated(node: Node, texts: Sequence[str], folder: Path) -
     assert type(node)(**node.get_params()).params == node.params, "get_params() does not rebuild the same params"
 
 
-def check_odd_texts_answered_in_order(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_odd_texts_answered_in_order(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """Odd texts (see :data:`ODD_TEXTS`) mixed with ordinary ones: one valid prediction each, in order."""
     mixed = [t for pair in zip(ODD_TEXTS, list(texts) * len(ODD_TEXTS)) for t in pair]
     preds = node.predict_batch(mixed)
@@ -89,7 +90,7 @@ def check_odd_texts_answered_in_order(node: Node, texts: Sequence[str], folder: 
     _assert_same(preds[1::2][: len(texts)], alone, "ordinary texts among odd ones")
 
 
-def check_batch_size_invariance(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_batch_size_invariance(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """The same answers for a text alone, in batches of 7 and all at once."""
     whole = node.predict_batch(texts)
     _assert_valid(texts, whole, "all at once")
@@ -97,17 +98,19 @@ def check_batch_size_invariance(node: Node, texts: Sequence[str], folder: Path) 
     _assert_same([p for i in range(0, len(texts), 7) for p in node.predict_batch(texts[i : i + 7])], whole, "batches of 7")
 
 
-def check_save_load_in_a_fresh_object(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_save_load_in_a_fresh_object(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """``to_disk`` then ``from_disk`` into a node built from the same params gives the same answers."""
     node.to_disk(folder)
     fresh = type(node)(**node.get_params())
     loaded = fresh.from_disk(folder)
     assert loaded is fresh, "from_disk must return self"
+    if peers:
+        fresh.bind(peers)
     fresh.warm_up()
     _assert_same(fresh.predict_batch(texts), node.predict_batch(texts), "after save and load")
 
 
-def check_no_pickle_written(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_no_pickle_written(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """What ``to_disk`` writes is data (JSON, safetensors, crfsuite, ONNX...), never a pickle, which would run
     code when loaded."""
     node.to_disk(folder)
@@ -131,10 +134,10 @@ NODE_CHECKS: list[Check] = [
 """Every check, in the order :func:`check_node` runs them."""
 
 
-def check_node(node: Node, texts: Sequence[str], folder: Path) -> None:
+def check_node(node: Node, texts: Sequence[str], folder: Path, peers: Mapping[str, Node] | None = None) -> None:
     """Run every check of :data:`NODE_CHECKS` on ``node`` (ready to predict) with a few ordinary ``texts``;
     ``folder`` must be empty (each check that saves gets its own subfolder)."""
     for check in NODE_CHECKS:
         sub = folder / check.__name__
         sub.mkdir(parents=True)
-        check(node, texts, sub)
+        check(node, texts, sub, peers)

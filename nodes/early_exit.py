@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
@@ -314,6 +314,7 @@ class EarlyExit(Node):
         self._tokenizer: Any = None
         self._windowing: dict[str, Any] = {}
         self._keep_token_probs = True
+        self._mamabear: Node | None = None  # the circuit's mamabear node, once bound
 
     @property
     def _where(self) -> str:
@@ -363,6 +364,40 @@ class EarlyExit(Node):
             autocast=getattr(mamabear, "_autocast", None),
             keep_token_probs=p.keep_token_probs,
         )
+
+    # -- in a circuit ----------------------------------------------------------------------------------------
+    def bind(self, nodes: Mapping[str, Node]) -> None:
+        """Attach to the circuit's node named ``params.mamabear`` (an HF token classifier)."""
+        mamabear = nodes.get(self.params.mamabear)
+        if mamabear is None:
+            raise BabybearError(f"{self._where}: the circuit has no node {self.params.mamabear!r}; nodes: {', '.join(nodes)}")
+        if mamabear is not self._mamabear:
+            if not hasattr(mamabear, "_model") or not hasattr(mamabear, "_tokenizer"):
+                raise BabybearError(f"{self._where}: {self.params.mamabear!r} is a {type(mamabear).__name__}; an exit needs a PyTorch HF token classifier (babybear.HFTokenClassifier.v1)")
+            self.attach_node(mamabear)
+            self._mamabear = mamabear
+
+    def _n_layers(self) -> int | None:
+        return _layers.n_layers(self._model) if self._model is not None else self.report_.get("n_layers")
+
+    def covers(self, name: str, successor: Node) -> float:
+        """k / L of the mamabear (an L-layer model; this exit after k layers), k / j of a deeper exit at layer j on
+        the same mamabear: the layers its handed-on state already ran."""
+        k, n = self.params.layer, self._n_layers()
+        if name == self.params.mamabear and n:
+            return k / n
+        if isinstance(successor, EarlyExit) and successor.params.mamabear == self.params.mamabear and successor.params.layer > k:
+            return k / successor.params.layer
+        return 0.0
+
+    def finish(self, successor: Node, texts: Sequence[str], states: Sequence[Any]) -> tuple[list[Prediction], list[Any] | None]:
+        """The mamabear's own predictions from the layer-k states (:meth:`resume`), or a deeper exit's predictions
+        and states continuing from them."""
+        if isinstance(successor, EarlyExit) and self.covers("", successor) > 0:
+            return successor.predict_with_state(texts, states)
+        if successor is self._mamabear:
+            return self.resume(states), None
+        raise BabybearError(f"{self._where}: hands no state on to {type(successor).__name__}")
 
     def _check_head_fits(self) -> None:
         if self.head_ is None or self._model is None:

@@ -447,7 +447,7 @@ def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tm
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["fit", "circuits", "--corpus", "x", "--out", "y"], "babybear: error: circuits is a directory, not a circuit file; its circuit files: news-student.yaml, "),
+    (["fit", "circuits", "--corpus", "x", "--out", "y"], "babybear: error: circuits is a directory, not a circuit file; its circuit files: news-early-exit.yaml, "),
     (["fit", "tests/fixtures/valid.yaml", "--corpus", "x", "--out", "y", "--budget", "1.5"], "babybear: error: --budget 1.5: must be in (0, 1], got 1.5\n"),
 ])
 def test_cli_fit_names_a_directory_and_the_budget_flag(argv, message, capsys):

@@ -94,6 +94,19 @@ def hf_token_classifier(tmp_path_factory: pytest.TempPathFactory) -> Node:
     return node
 
 
+PEERS: dict[str, dict[str, Node]] = {}  # per case: the nodes its node is bound to
+
+
+def early_exit(tmp_path_factory: pytest.TempPathFactory) -> Node:
+    mamabear = hf_token_classifier(tmp_path_factory)
+    from nodes.early_exit import EarlyExit
+
+    node = EarlyExit(mamabear="mamabear", layer=3, epochs=2)
+    node.bind({"mamabear": mamabear})
+    PEERS["babybear.EarlyExit.v1"] = {"mamabear": mamabear}
+    return _taught(node)
+
+
 def onnx_token_classifier() -> Node:
     import importlib.util
 
@@ -115,6 +128,7 @@ CASES: dict[str, Callable[..., Node]] = {
     "babybear.SpacyNER.v1": spacy_ner,
     "babybear.HFTokenClassifier.v1": hf_token_classifier,
     "babybear.ONNXTokenClassifier.v1": onnx_token_classifier,
+    "babybear.EarlyExit.v1": early_exit,
 }
 
 
@@ -135,7 +149,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.mark.parametrize("check", NODE_CHECKS, ids=lambda c: c.__name__)
 def test_node_conforms(node: Node, check, tmp_path: Path) -> None:
-    check(node, TEXTS, tmp_path)
+    check(node, TEXTS, tmp_path, PEERS.get(registry.nodes.name_of(type(node))))
 
 
 class _Forgetful(CapsMamabear):
