@@ -12,7 +12,7 @@ from circuit.errors import ArtifactError
 from circuit.metrics import entity_f1
 from circuit.types import Prediction, Span
 from nodes import _clusters
-from nodes._clusters import CLUSTERS_FILE, WordClusters, vocab_vectors
+from nodes._clusters import CLUSTERS_FILE, WordClusters, prune, vocab_vectors
 from nodes._gazetteer import GAZETTEER_FILE, Gazetteer
 from nodes._tokens import tokenize
 from nodes.crf import EVIDENCE_KEYS, GAZETTEER_EVIDENCE_KEYS, CRFTagger, crf_tokens
@@ -227,3 +227,12 @@ def test_a_crf_saved_before_split_units_keeps_whole_tokens(tmp_path):
     (tmp_path / "crf.json").write_text(json.dumps(meta))
     loaded = CRFTagger().from_disk(tmp_path)
     assert loaded.params.split_units is False and loaded.predict_batch([text]) == crf.predict_batch([text])
+
+
+def test_the_table_keeps_only_what_a_lookup_can_need():
+    table = {"logo/mascot": (1,), "London": (2,), "london": (2,), "Apple": (3,), "apple": (4,), "MONDAY": (5,)}
+    pruned = prune(table)
+    assert pruned == {"london": (2,), "Apple": (3,), "apple": (4,), "MONDAY": (5,)}
+    full, small = WordClusters([8], table), WordClusters([8], pruned)
+    for word in ["London", "LONDON", "london", "Apple", "APPLE", "apple", "Monday", "MONDAY", "logo"]:
+        assert small.get(word) == full.get(word), word
