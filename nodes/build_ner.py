@@ -66,7 +66,10 @@ class Recipe(BaseModel):
     eval_every: int = Field(50, ge=1, description="steps between held-out evaluations")
     patience: int = Field(4, ge=1, description="evaluations without a better held-out F1 before stopping")
     max_minutes: float = Field(
-        45.0, gt=0, description="training time budget: the learning rate decays to 0 at max_steps or max_minutes, whichever comes first"
+        45.0,
+        gt=0,
+        description="training time budget: the learning rate decays to 0 at max_steps or max_minutes, whichever "
+        "comes first",
     )
     output_rms: float | None = Field(
         1.0, gt=0, description="rescale the encoder's last LayerNorm so its token vectors have this RMS (None: leave)"
@@ -112,7 +115,9 @@ def word_targets(
     return targets
 
 
-def encode(tokenizer: Any, texts: Sequence[str], spans: Sequence[Sequence[Span]], label2id: dict[str, int], max_length: int) -> list[tuple[list[int], list[int]]]:
+def encode(
+    tokenizer: Any, texts: Sequence[str], spans: Sequence[Sequence[Span]], label2id: dict[str, int], max_length: int
+) -> list[tuple[list[int], list[int]]]:
     """(input ids, targets) per text, with the tokenizer's special tokens, cut at ``max_length`` tokens."""
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
     return [
@@ -186,7 +191,9 @@ def _batches(n: int, examples: Sequence[tuple[list[int], list[int]]], size: int,
     return out[:n]
 
 
-def agreement(model: Any, tokenizer: Any, texts: Sequence[str], refs: Sequence[Sequence[Span]], autocast: Any, device: str) -> float:
+def agreement(
+    model: Any, tokenizer: Any, texts: Sequence[str], refs: Sequence[Sequence[Span]], autocast: Any, device: str
+) -> float:
     """Entity-F1 of the model's spans against ``refs``, decoded exactly as ``HFTokenClassifier`` decodes them."""
     import torch
 
@@ -200,9 +207,8 @@ def agreement(model: Any, tokenizer: Any, texts: Sequence[str], refs: Sequence[S
             return model(**feed).logits.float().cpu().numpy()
 
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    preds = classify(
-        untruncated(copy.deepcopy(tokenizer.backend_tokenizer)), texts, logits, id2label, max_length=512, overlap=128, batch_size=32
-    )
+    backend = untruncated(copy.deepcopy(tokenizer.backend_tokenizer))
+    preds = classify(backend, texts, logits, id2label, max_length=512, overlap=128, batch_size=32)
     model.train(was_training)
     return entity_f1([p.spans for p in preds], refs)
 
@@ -277,7 +283,8 @@ def train(
         if step % recipe.eval_every and step != len(batches) and not out_of_budget:
             continue
         f1 = agreement(model, tokenizer, heldout[0], heldout[1], autocast, device)
-        curve.append({"step": step, "loss": float(np.mean(losses)), "heldout_f1": f1, "seconds": time.perf_counter() - start})
+        seconds = time.perf_counter() - start
+        curve.append({"step": step, "loss": float(np.mean(losses)), "heldout_f1": f1, "seconds": seconds})
         log(f"step {step}: loss {np.mean(losses):.3f}, held-out entity-F1 {f1:.3f} ({curve[-1]['seconds'] / 60:.1f} min)")
         losses = []
         if f1 > best:
@@ -286,7 +293,7 @@ def train(
         else:
             since_best += 1
         if since_best >= recipe.patience or out_of_budget:
-            why = f"no better held-out F1 in {recipe.patience} evaluations" if since_best >= recipe.patience else "budget spent"
+            why = "budget spent" if out_of_budget else f"no better held-out F1 in {recipe.patience} evaluations"
             log(f"stopping after step {step}: {why}")
             break
     if best_state is not None:
@@ -343,7 +350,8 @@ def build(
     test = [t for t in test_texts if t.strip()][: recipe.test_sentences]
     log(f"labelling {len(fit_texts)} training, {len(held_texts)} held-out and {len(test)} test sentences")
     spans = labeller(fit_texts + held_texts + test)
-    fit_spans, held_spans, test_spans = spans[: len(fit_texts)], spans[len(fit_texts) : len(fit_texts) + n_held], spans[len(fit_texts) + n_held :]
+    n_fit = len(fit_texts)
+    fit_spans, held_spans, test_spans = spans[:n_fit], spans[n_fit : n_fit + n_held], spans[n_fit + n_held :]
     labels = bio_labels([s.label for sp in spans for s in sp])
     label2id = {lab: i for i, lab in enumerate(labels)}
 
@@ -460,8 +468,9 @@ def build_model(name: str, *, force: bool = False, corpus: str | None = None, pr
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    command = " ".join(["babybear models build", name] + (["--corpus", corpus] if corpus else []) + (["--force"] if force else []))
-    report = build(target, recipe, train_texts, test_texts, spacy_labeller(recipe.labeller, progress), progress=progress, log=log, command=command)
+    command = " ".join(["babybear models build", name, *(["--corpus", corpus] if corpus else []), *(["--force"] if force else [])])
+    labeller = spacy_labeller(recipe.labeller, progress)
+    report = build(target, recipe, train_texts, test_texts, labeller, progress=progress, log=log, command=command)
     log(f"built {name} in {report['build_minutes']:.1f} min: {target}")
     return target
 
