@@ -2,8 +2,8 @@
 
 Loads the CRFs that ``crf_levers.py --reuse DIR`` saved and times, on the same held-out BBC train-split
 sentences, in alternating rounds (the fastest round counts, so a shared machine's load slows them alike):
-tokenizing, features (warm cache; with the gazetteer's matches), crfsuite's set + Viterbi, the marginals and the
-sequence probability, and ``predict_batch`` end to end (the rest is Python: evidence, spans).
+tokenizing, features (warm cache; with the gazetteer's matches), crfsuite's set (the feature strings looked up in
+the model), + Viterbi, + the marginals and the sequence probability, and ``predict_batch`` end to end (the rest is Python: evidence, spans).
 
     python benchmarks/crf_lever_speed.py --reuse /tmp/levers --out benchmarks/results/crf_lever_speed.json
 """
@@ -30,6 +30,11 @@ def stages(crf: CRFTagger, texts: list[str]) -> dict:
     feats = [crf._featurize(ts, gz, m) for ts, m in zip(tokens, matches)]
     tagger = crf._tagger()
 
+    def load() -> None:
+        for f in feats:
+            if f:
+                tagger.set(f)
+
     def tag() -> None:
         for f in feats:
             if f:
@@ -49,6 +54,7 @@ def stages(crf: CRFTagger, texts: list[str]) -> dict:
         "features": lambda: [
             crf._featurize(ts, gz, gz.match(w) if gz is not None else None) for ts, w in zip(tokens, words)
         ],
+        "crfsuite_set": load,
         "crfsuite_set_and_viterbi": tag,
         "crfsuite_set_viterbi_marginals_probability": marginals,
         "predict_batch": lambda: crf.predict_batch(texts),
@@ -98,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
             for n, crf in crfs.items()
         },
     }
+    # feature strings the model has no weight for: crfsuite looks them up for nothing
+    result["features_missing_from_model"] = {}
+    for n, crf in crfs.items():
+        attrs = {a for a, _ in crf._tagger().info().state_features}
+        feats = [
+            f
+            for t in texts[:500]
+            for fs in crf._featurize(crf_tokens(t, crf.params.split_units), crf.gazetteer_)
+            for f in fs
+        ]
+        result["features_missing_from_model"][n] = round(sum(f not in attrs for f in feats) / max(len(feats), 1), 4)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
