@@ -21,6 +21,7 @@ import numpy as np
 from circuit.errors import ArtifactError, BabybearError
 
 CLUSTERS_FILE = "clusters.json.gz"
+MAX_TABLE_BYTES = 256 * 2**20  # md's table unpacks to 2.7 MB
 
 
 def spacy_vectors(name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -155,7 +156,11 @@ class WordClusters:
     @classmethod
     def from_disk(cls, path: Path) -> WordClusters:
         try:
-            doc = json.loads(gzip.decompress(Path(path).read_bytes()).decode("utf-8"))
+            with gzip.open(path, "rb") as f:
+                raw = f.read(MAX_TABLE_BYTES + 1)  # a loaded folder is untrusted: no unbounded gzip bomb
+            if len(raw) > MAX_TABLE_BYTES:
+                raise ValueError(f"the table unpacks to over {MAX_TABLE_BYTES} bytes")
+            doc = json.loads(raw.decode("utf-8"))
             sizes = [int(s) for s in doc["sizes"]]
             table: dict[str, tuple[int, ...]] = {}
             for key, words in doc["groups"].items():

@@ -236,3 +236,10 @@ def test_the_table_keeps_only_what_a_lookup_can_need():
     full, small = WordClusters([8], table), WordClusters([8], pruned)
     for word in ["London", "LONDON", "london", "Apple", "APPLE", "apple", "Monday", "MONDAY", "logo"]:
         assert small.get(word) == full.get(word), word
+
+
+def test_a_cluster_table_that_unpacks_too_far_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(_clusters, "MAX_TABLE_BYTES", 1000)
+    (tmp_path / CLUSTERS_FILE).write_bytes(gzip.compress(b" " * 1001))
+    with pytest.raises(ArtifactError, match="over 1000 bytes"):
+        WordClusters.from_disk(tmp_path / CLUSTERS_FILE)
