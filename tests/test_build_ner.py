@@ -198,15 +198,15 @@ def test_auto_is_float32_on_a_cpu_without_native_bf16(built, monkeypatch) -> Non
     assert node._autocast is None and next(node._model.parameters()).dtype == torch.float32
 
 
-@pytest.mark.parametrize(("native", "autocast"), [(True, True), (False, False)])
-def test_the_student_autocasts_to_bf16_on_a_cpu_that_has_it(monkeypatch, native: bool, autocast: bool) -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_the_student_stays_float32_on_a_cpu_unless_bf16_is_asked_for(monkeypatch, native: bool) -> None:
+    """Under bf16 its evidence moved with the batch's padding (routing then depended on the batch), for a 1.24x gain."""
     from nodes.transformer import TransformerTagger
 
     monkeypatch.setattr(_models, "cpu_native_bf16", lambda: native)
-    ctx = TransformerTagger(device="cpu")._autocast()
-    assert isinstance(ctx, torch.autocast) == autocast
-    if autocast:
-        assert ctx.fast_dtype == torch.bfloat16
+    assert not isinstance(TransformerTagger(device="cpu")._autocast(), torch.autocast)
+    ctx = TransformerTagger(device="cpu", dtype="bfloat16")._autocast()
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
 
 
 @pytest.mark.slow
