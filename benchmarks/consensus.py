@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit import Circuit
-from circuit.metrics import entity_f1
+from babybear import Circuit
+from babybear.metrics import entity_f1
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from nodes.crf import CRFTagger, crf_tokens
+from babybear.nodes.crf import CRFTagger, crf_tokens
 
 
 def stages(crf: CRFTagger, texts: list[str]) -> dict:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit import Circuit
-from circuit.corpus import bbc_sentences
-from circuit.heldout import Heldout
-from circuit.metrics import entity_f1, f1, span_counts
-from circuit.routing import CachedRun
-from circuit.text import n_tokens
-from circuit.types import Prediction, Span
+from babybear import Circuit
+from babybear.corpus import bbc_sentences
+from babybear.heldout import Heldout
+from babybear.metrics import entity_f1, f1, span_counts
+from babybear.routing import CachedRun
+from babybear.text import n_tokens
+from babybear.types import Prediction, Span
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"c1": 0.05, "c2": 0.05, "max_iterations": 100}
@@ -48,7 +48,7 @@ LEVERS: dict[str, dict] = {
 def labelled_train(cache: Path) -> tuple[list[str], list[Prediction]]:
     """The BBC train split with md's answers, labelled once and cached as JSON lines."""
     if not cache.exists():
-        from nodes.mamabear_spacy import SpacyNER
+        from babybear.nodes.mamabear_spacy import SpacyNER
 
         train, _ = bbc_sentences()
         preds = SpacyNER(model="en_core_web_md").predict_batch(train)
@@ -209,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         "n_cal": args.calibration,
         "n_tune": args.tuning,
     }
-    from nodes.mamabear_spacy import SpacyNER
+    from babybear.nodes.mamabear_spacy import SpacyNER
 
     md = SpacyNER(model="en_core_web_md")
     md.predict_batch(parts["held"][0][:50])
     budgets = [float(b) for b in args.budgets.split(",")]
-    from nodes._clusters import WordClusters
+    from babybear.nodes._clusters import WordClusters
 
     clusters: dict = {}
     from_spacy = WordClusters.from_spacy.__func__

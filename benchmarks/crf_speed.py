@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pycrfsuite
 
-from circuit.corpus import bbc_sentences
-from circuit.metrics import entity_f1
-from circuit.types import Prediction, Span
-from nodes._tokens import Token, bio_to_spans, spans_to_bio, tokenize
-from nodes.crf import CRFTagger, InMemoryTagger, WordFeatures
+from babybear.corpus import bbc_sentences
+from babybear.metrics import entity_f1
+from babybear.types import Prediction, Span
+from babybear.nodes._tokens import Token, bio_to_spans, spans_to_bio, tokenize
+from babybear.nodes.crf import CRFTagger, InMemoryTagger, WordFeatures
 
 
 # -- the baseline: plain Python features, computed afresh for every token ---------------------------------------

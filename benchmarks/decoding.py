@@ -22,8 +22,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from circuit.types import Prediction
-from nodes.transformer import TransformerTagger
+from babybear.types import Prediction
+from babybear.nodes.transformer import TransformerTagger
 from student import entity_f1, load_spacy_mamabear, shuffled_bbc, spacy_predictions, write_json  # benchmarks/
 
 

@@ -29,7 +29,7 @@ CANDIDATES = [ROOT / "trained" / "news", ROOT / "runs" / "doors-news"]
 def spacy_overhead(circuit_dir: Path, texts: list[str], repeats: int, batch_size: int) -> dict:
     import spacy
 
-    from circuit import Circuit
+    from babybear import Circuit
 
     circuit = Circuit.load(circuit_dir).warm_up()
     nlp = spacy.blank("en")
@@ -62,8 +62,8 @@ def spacy_overhead(circuit_dir: Path, texts: list[str], repeats: int, batch_size
 def ray_runs(circuit_dir: Path, texts: list[str], workers: list[int], num_cpus: int) -> dict:
     import ray
 
-    from circuit import Circuit
-    from circuit.ray_engine import run_dataset
+    from babybear import Circuit
+    from babybear.doors.ray_engine import run_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.jsonl"
@@ -101,7 +101,7 @@ def main() -> None:
     circuit_dir = args.circuit or next((c for c in CANDIDATES if (c / "circuit.yaml").is_file()), None)
     if circuit_dir is None:
         sys.exit("no fitted news circuit: babybear fit circuits/news.yaml --corpus data/bbc.train.txt --out runs/doors-news --limit 5000")
-    from circuit.corpus import bbc_sentences
+    from babybear.corpus import bbc_sentences
 
     texts = bbc_sentences()[1][: args.texts]
     result = {

@@ -2,8 +2,8 @@
 
 The mamabear is MiniLM-L6 (all-MiniLM-L6-v2, 6 layers, hidden 384, frozen) with a token-classification head fitted
 quickly to en_core_web_md's entities (a linear probe on the last layer, ``--head-train`` BBC train sentences). For
-each exit layer k an :class:`nodes.early_exit.EarlyExit` is trained on the mamabear's answers on other BBC train
-sentences, all from one :func:`nodes.early_exit.collect` pass; then, on BBC test sentences, it times
+each exit layer k an :class:`babybear.nodes.early_exit.EarlyExit` is trained on the mamabear's answers on other BBC train
+sentences, all from one :func:`babybear.nodes.early_exit.collect` pass; then, on BBC test sentences, it times
 
 - ``full``: the mamabear node alone (``HFTokenClassifier.predict_batch``, float32),
 - ``exit``: the exit at k (embeddings, layers 1..k, the exit head, Viterbi decoding: ``predict_with_state``),
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from circuit.corpus import bbc_sentences
-from nodes._models import resolve
-from nodes.early_exit import EarlyExit, collect
-from nodes.mamabear_hf import HFTokenClassifier
+from babybear.corpus import bbc_sentences
+from babybear.nodes._models import resolve
+from babybear.nodes.early_exit import EarlyExit, collect
+from babybear.nodes.mamabear_hf import HFTokenClassifier
 
 
 def minilm_mamabear(folder: Path, texts: list[str]) -> HFTokenClassifier:
@@ -44,8 +44,8 @@ def minilm_mamabear(folder: Path, texts: list[str]) -> HFTokenClassifier:
     import torch
     import transformers
 
-    from nodes._tokens import Token, spans_to_bio
-    from nodes.mamabear_spacy import SpacyNER
+    from babybear.nodes._tokens import Token, spans_to_bio
+    from babybear.nodes.mamabear_spacy import SpacyNER
 
     reference = SpacyNER(model="en_core_web_md").predict_batch(texts)
     types = sorted({s.label for r in reference for s in r.spans})

@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from circuit import Budget
-from circuit.corpus import bbc_sentences
-from circuit.metrics import entity_f1
-from circuit.optimizer import optimize
-from circuit.progress import track
-from circuit.routing import CachedRun, Topology
-from circuit.text import n_tokens
-from nodes.crf import CRFTagger
-from nodes.gates import CalibratedGate
-from nodes.mamabear_spacy import SpacyNER
+from babybear import Budget
+from babybear.corpus import bbc_sentences
+from babybear.metrics import entity_f1
+from babybear.tuning.optimizer import optimize
+from babybear.progress import track
+from babybear.routing import CachedRun, Topology
+from babybear.text import n_tokens
+from babybear.nodes.crf import CRFTagger
+from babybear.nodes.gates import CalibratedGate
+from babybear.nodes.mamabear_spacy import SpacyNER
 
 
 def blocks_shuffled(texts: list[str], block: int, seed: int) -> list[str]:

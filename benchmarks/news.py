@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit import Circuit
-from circuit.cli import parse_costs
-from circuit.corpus import bbc_sentences
+from babybear import Circuit
+from babybear.doors.cli import parse_costs
+from babybear.corpus import bbc_sentences
 
 
 def _without_bins(report: dict) -> dict:

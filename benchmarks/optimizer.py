@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit import Budget, Circuit
-from circuit import plots
-from circuit.audit import Audit
-from circuit.corpus import wnut_sentences
-from circuit.optimizer import optimize
-from circuit.routing import CachedRun
-from circuit.heldout import Heldout
+from babybear import Budget, Circuit
+from babybear import plots
+from babybear.tuning.audit import Audit
+from babybear.corpus import wnut_sentences
+from babybear.tuning.optimizer import optimize
+from babybear.routing import CachedRun
+from babybear.heldout import Heldout
 
 METHODS = {  # name -> optimize() arguments
     "nearest": {"method": "nearest"},

@@ -3,7 +3,7 @@
 Measures, on CPU: the student's entity-F1 against the mamabear when it answers every test sentence (a 2-layer
 student on the whole train split; at a smaller size, 2 layers with and without word-shape embeddings and 6
 layers, side by side), calibration, seconds per sentence with torch and onnxruntime (fp32 and int8), and
-training minutes per 10,000 sentence-epochs. Train and test are ``circuit.corpus.bbc_sentences`` (split by
+training minutes per 10,000 sentence-epochs. Train and test are ``babybear.corpus.bbc_sentences`` (split by
 article), as in benchmarks/news.py. Writes benchmarks/results/student.json.
 
     python benchmarks/student.py                  # the full run (about 40 minutes on 2 CPU cores)
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from circuit.corpus import bbc_sentences
-from circuit.metrics import f1, span_counts
-from circuit.types import Prediction, Span
-from nodes.transformer import TransformerTagger
+from babybear.corpus import bbc_sentences
+from babybear.metrics import f1, span_counts
+from babybear.types import Prediction, Span
+from babybear.nodes.transformer import TransformerTagger
 
 def load_spacy_mamabear() -> Any:
     """en_core_web_md with only its NER (and the tok2vec it needs)."""
@@ -77,8 +77,8 @@ def entity_f1(preds: Sequence[Prediction], refs: Sequence[Prediction]) -> dict[s
 def tokenizer_ceiling(node: TransformerTagger, texts: Sequence[str], refs: Sequence[Prediction]) -> dict:
     """The best F1 a word-level student can reach: the mamabear's spans projected onto the tokenizer's words
     (an entity that ends inside a word, like '600' in '£600m', cannot be matched exactly)."""
-    from nodes import _align
-    from nodes.transformer import _word_targets
+    from babybear.nodes import _align
+    from babybear.nodes.transformer import _word_targets
 
     label2id = {label: i for i, label in enumerate(node.labels_)}
     preds = []

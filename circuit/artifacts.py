@@ -2,7 +2,7 @@
 
 A saved circuit folder holds ``circuit.yaml``, ``nodes/<name>/`` (each node's own files: crfsuite models,
 safetensors, JSON), ``gates/<source>--<target>.json``, ``report.json`` and ``heldout.json`` (see
-:mod:`circuit.heldout`). It is untrusted input: loading reads YAML, JSON and each node's data files inside the
+:mod:`babybear.heldout`). It is untrusted input: loading reads YAML, JSON and each node's data files inside the
 folder, never unpickles or imports anything named in it, and refuses links that lead outside it.
 """
 

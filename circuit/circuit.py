@@ -1,5 +1,5 @@
-"""The Circuit: build it (:mod:`circuit.structure`), fit it (:mod:`circuit.warmup`), tune it
-(:mod:`circuit.tuning`), run it (:mod:`circuit.scheduler`), save and load it (:mod:`circuit.artifacts`).
+"""The Circuit: build it (:mod:`babybear.structure`), fit it (:mod:`babybear.warmup`), tune it
+(:mod:`babybear.tuning.tune`), run it (:mod:`babybear.scheduler`), save and load it (:mod:`babybear.artifacts`).
 
 Three doors open onto it: the Python builder (``Circuit().add(...).connect(...)``), YAML
 (``Circuit.from_yaml``), and the spaCy component / CLI, which load a fitted circuit folder.
@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts, tuning, warmup
+from . import artifacts, warmup
+from .tuning import tune as tuning
 from .heldout import Heldout
 from .metrics import seqeval_f1
-from .optimizer import Method
+from .tuning.optimizer import Method
 from .routing import CachedRun
 from .scheduler import Routed, Scheduler
 from .schema import Budget
@@ -49,7 +50,7 @@ class Circuit(Structure):
     def __call__(self, texts: Sequence[str], ids: Sequence[str] | None = None, batch_size: int = 256, progress: bool = False) -> list[Answer]:
         """Answer every text, in order. Blank texts get no entities without running a model (``node`` None).
         A text the mamabear fails on gets no entities and ``error``; one a babybear fails on goes on to the next
-        nodes (see :class:`circuit.scheduler.Scheduler`)."""
+        nodes (see :class:`babybear.scheduler.Scheduler`)."""
         answers, _ = self._run(texts, ids, batch_size, progress)
         return answers
 
@@ -76,12 +77,12 @@ class Circuit(Structure):
         batch_size: int = 256,
         progress: bool = True,
     ) -> Circuit:
-        """Warm up on unlabeled ``texts`` and tune the thresholds (see :func:`circuit.warmup.fit`); returns self."""
+        """Warm up on unlabeled ``texts`` and tune the thresholds (see :func:`babybear.warmup.fit`); returns self."""
         warmup.fit(self, texts, seed=seed, fractions=fractions, block=block, batch_size=batch_size, progress=progress)
         return self.tune()
 
     def fit_gates(self) -> Circuit:
-        """Refit the gates on the held-out cache, without running a model (see :func:`circuit.warmup.fit_gates`)."""
+        """Refit the gates on the held-out cache, without running a model (see :func:`babybear.warmup.fit_gates`)."""
         warmup.fit_gates(self)
         return self
 
@@ -94,7 +95,7 @@ class Circuit(Structure):
         confidence: float | None = None,
         **options: Any,
     ) -> Circuit:
-        """Set every threshold for the budget from cached outputs (see :func:`circuit.tuning.tune`); returns self."""
+        """Set every threshold for the budget from cached outputs (see :func:`babybear.tuning.tune.tune`); returns self."""
         tuning.tune(self, min_entity_f1, method, run, costs, confidence, **options)
         return self
 
@@ -143,10 +144,10 @@ class Circuit(Structure):
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the fitted circuit to a folder, atomically and under its lock (see :func:`circuit.artifacts.save`)."""
+        """Write the fitted circuit to a folder, atomically and under its lock (see :func:`babybear.artifacts.save`)."""
         return artifacts.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        """Load a folder written by :meth:`save`; runs no code from it (see :func:`circuit.artifacts.load`)."""
+        """Load a folder written by :meth:`save`; runs no code from it (see :func:`babybear.artifacts.load`)."""
         return artifacts.load(cls, path)

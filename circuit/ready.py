@@ -1,4 +1,4 @@
-"""The ready circuits that ship with babybear (the project's circuits/ folder, installed as ``circuit.circuits``),
+"""The ready circuits that ship with babybear (the project's circuits/ folder, installed as ``babybear.circuits``),
 found by name: ``babybear fit news`` and ``Circuit.from_yaml("news")`` read circuits/news.yaml."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 def names() -> list[str]:
     """The ready circuits' names."""
-    return sorted(p.name.removesuffix(".yaml") for p in files("circuit.circuits").iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in files("babybear.circuits").iterdir() if p.name.endswith(".yaml"))
 
 
 def find(name: str) -> Path | None:
@@ -17,5 +17,5 @@ def find(name: str) -> Path | None:
     stem = name.removesuffix(".yaml")
     if stem not in names():
         return None
-    with as_file(files("circuit.circuits") / f"{stem}.yaml") as path:  # a real file for an installed package
+    with as_file(files("babybear.circuits") / f"{stem}.yaml") as path:  # a real file for an installed package
         return Path(path)

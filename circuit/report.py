@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import plots
 from .errors import BabybearError
-from .optimizer import optimize
+from .tuning.optimizer import optimize
 
 if TYPE_CHECKING:
     from .circuit import Circuit

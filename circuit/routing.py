@@ -5,7 +5,7 @@ threshold (:func:`goes_on`). A switched-off node (``enabled: false``) is not run
 goes on along all its out-edges, and it is not among the nodes visited (:meth:`Topology.visited`). Its answer
 merges the nodes it visited (:func:`merge`): for each label, the spans of the deepest visited node that covers
 that label (a node with ``labels=None`` covers all). These three functions are the routing rule, written once:
-live routing (:meth:`circuit.scheduler.Scheduler.route_steps`), the simulator (:class:`CachedRun`) and the
+live routing (:meth:`babybear.scheduler.Scheduler.route_steps`), the simulator (:class:`CachedRun`) and the
 optimizer (which switches a node off by routing with it disabled) all call them, so for equal gate scores they
 agree exactly.
 """

@@ -12,7 +12,7 @@
 * Results come back in input order, and a stream of any length runs in flat memory (two chunks in flight).
 * Nothing is computed twice: a node that hands on a resumable state (an early exit: the mamabear's first layers)
   keeps it for the texts it passes on, and a successor it covers (:meth:`Node.covers`) continues from it
-  (:meth:`Node.finish`), from the deepest such state a text has (:func:`circuit.routing.resume_sources`).
+  (:meth:`Node.finish`), from the deepest such state a text has (:func:`babybear.routing.resume_sources`).
 """
 
 from __future__ import annotations

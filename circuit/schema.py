@@ -307,7 +307,7 @@ def load_spec(data: dict[str, Any] | str | Path, source: str | None = None) -> C
     """Parse and validate a circuit from a dict, a YAML string, or a YAML file. Raises with every problem.
 
     A one-line string is a file path when it ends in .yaml/.yml or could not be a YAML mapping (has no ':'); a
-    name that is not a file names a ready circuit (``news`` is circuits/news.yaml, see :mod:`circuit.ready`)."""
+    name that is not a file names a ready circuit (``news`` is circuits/news.yaml, see :mod:`babybear.ready`)."""
     text = None
     one_line = isinstance(data, str) and "\n" not in data
     if isinstance(data, Path) or (one_line and (data.endswith((".yaml", ".yml")) or ":" not in data)):

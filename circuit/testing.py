@@ -2,7 +2,7 @@
 
 A node author runs it in their own tests::
 
-    from circuit.testing import check_node
+    from babybear.testing import check_node
     check_node(my_fitted_node, some_texts, tmp_path)
 
 or one test per check, so a failure names the check::

@@ -1,5 +1,5 @@
 """Warm-up: the mamabear labels a stream of unlabeled text, the babybears learn from its answers, and the gates
-learn from every node's answers on held-out texts (kept as the circuit's :class:`~circuit.heldout.Heldout`)."""
+learn from every node's answers on held-out texts (kept as the circuit's :class:`~babybear.heldout.Heldout`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from .errors import BabybearError, NotFittedError
 from .heldout import Heldout
 from .metrics import entity_f1
-from .optimizer import check_budget
+from .tuning.optimizer import check_budget
 from .scheduler import Scheduler
 from .text import n_tokens, pieces
 from .types import Prediction

@@ -1,5 +1,5 @@
 """Node families: rules, CRF, transformer students, mamabear backends, and gates.
 
-Each module depends on the engine's contracts (``circuit.node``) only; heavy libraries are imported in
+Each module depends on the engine's contracts (``babybear.node``) only; heavy libraries are imported in
 ``warm_up`` so that reading a circuit never imports torch.
 """

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from circuit.records import clean_text
-from circuit.types import Prediction, Span
+from babybear.records import clean_text
+from babybear.types import Prediction, Span
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

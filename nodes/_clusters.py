@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit.errors import ArtifactError, BabybearError
+from babybear.errors import ArtifactError, BabybearError
 
 CLUSTERS_FILE = "clusters.json.gz"
 MAX_TABLE_BYTES = 256 * 2**20  # md's table unpacks to 2.7 MB

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from circuit.errors import ArtifactError
-from circuit.types import Span
+from babybear.errors import ArtifactError
+from babybear.types import Span
 
 from ._tokens import tokenize
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from circuit.errors import BabybearError
+from babybear.errors import BabybearError
 
 #: ``config.model_type`` of the encoder families whose layer stack this module can split.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")

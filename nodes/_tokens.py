@@ -12,8 +12,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from circuit.records import clean_text
-from circuit.types import Span
+from babybear.records import clean_text
+from babybear.types import Span
 
 
 def _mark_ranges() -> str:

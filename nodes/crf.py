@@ -24,11 +24,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from circuit.errors import ArtifactError, BabybearError, NotFittedError
-from circuit.node import Node
-from circuit.node import Params as NodeParams
-from circuit.progress import console
-from circuit.types import Prediction
+from babybear.errors import ArtifactError, BabybearError, NotFittedError
+from babybear.node import Node
+from babybear.node import Params as NodeParams
+from babybear.progress import console
+from babybear.types import Prediction
 
 from ._clusters import CLUSTERS_FILE, WordClusters
 from ._gazetteer import GAZETTEER_FILE, Gazetteer

@@ -9,11 +9,11 @@ student's evidence keys, so the edge gate works unchanged.
 Nothing is computed twice: :meth:`EarlyExit.predict_with_state` returns, beside its predictions, each text's
 layer-k hidden states (:class:`ExitState`), from which :func:`resume` finishes the mamabear's forward pass, or a
 deeper exit continues. Texts are tokenized and windowed exactly as the mamabear does it
-(:func:`nodes._align.classify`); when every text of a batch is resumed with the mamabear's ``batch_size``, the
+(:func:`babybear.nodes._align.classify`); when every text of a batch is resumed with the mamabear's ``batch_size``, the
 logits are the mamabear's own, bit for bit. Training needs no extra mamabear pass when the warm-up's pass is
 :func:`collect`, which keeps the layer-k states of every word beside the final logits.
 
-Supported families: :data:`nodes._layers.SUPPORTED_MODEL_TYPES`.
+Supported families: :data:`babybear.nodes._layers.SUPPORTED_MODEL_TYPES`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from circuit.errors import ArtifactError, BabybearError, NotFittedError
-from circuit.node import Node, Params
-from circuit.records import clean_text
-from circuit.types import Prediction
-from nodes import _align, _layers
-from nodes.transformer import _transitions, fit_temperature, top_label_calibration_error
+from babybear.errors import ArtifactError, BabybearError, NotFittedError
+from babybear.node import Node, Params
+from babybear.records import clean_text
+from babybear.types import Prediction
+from babybear.nodes import _align, _layers
+from babybear.nodes.transformer import _transitions, fit_temperature, top_label_calibration_error
 
 _FORMAT = 1
 _CONFIG_FILE = "early_exit.json"
@@ -64,7 +64,7 @@ class ExitState:
 
     ``hidden[(start, end)]`` is a torch tensor (window tokens with special tokens, hidden size) for the window of
     content tokens ``start:end``, trimmed to its own tokens (its attention mask is all ones); windows are those of
-    :func:`nodes._align.token_windows` with ``size`` and ``overlap``. ``offsets`` and ``word_ids`` are per content
+    :func:`babybear.nodes._align.token_windows` with ``size`` and ``overlap``. ``offsets`` and ``word_ids`` are per content
     token, for decoding; ``ids`` are the content token ids (used only at ``layer`` 0, before the embeddings).
     """
 
@@ -91,7 +91,7 @@ class WordStates:
 
 
 def start_states(tokenizer: Any, texts: Sequence[str], *, max_length: int, stride: int) -> list[ExitState]:
-    """Each text tokenized and windowed as the mamabear does it (:func:`nodes._align.classify`), at layer 0."""
+    """Each text tokenized and windowed as the mamabear does it (:func:`babybear.nodes._align.classify`), at layer 0."""
     prefix, suffix = _align.special_tokens(tokenizer)
     encodings = tokenizer.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
     size = max_length - len(prefix) - len(suffix)
@@ -110,7 +110,7 @@ def _windowed(
     model: Any, states: Sequence[ExitState], run: Run, *, batch_size: int, width: int, autocast: Any
 ) -> list[np.ndarray]:
     """Per text, per content token outputs (n_tokens, ``width``) of ``run`` over every window of ``states``, batched
-    and stitched as :func:`nodes._align.run_windowed` does for the mamabear, under ``autocast`` (a torch dtype, or
+    and stitched as :func:`babybear.nodes._align.run_windowed` does for the mamabear, under ``autocast`` (a torch dtype, or
     None for none) as the mamabear runs."""
     import torch
 
@@ -194,7 +194,7 @@ def resume(model: Any, states: Sequence[ExitState], *, batch_size: int, autocast
 def resume_predictions(
     model: Any, states: Sequence[ExitState], *, batch_size: int, autocast: Any = None, keep_token_probs: bool = True
 ) -> list[Prediction]:
-    """The mamabear's own predictions from :func:`resume`, decoded as :func:`nodes._align.classify` decodes them."""
+    """The mamabear's own predictions from :func:`resume`, decoded as :func:`babybear.nodes._align.classify` decodes them."""
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     return [
         _align.decode(st.offsets, st.word_ids, _align.softmax(z), id2label, keep_token_probs)
@@ -203,7 +203,7 @@ def resume_predictions(
 
 
 def _first_subwords(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None]) -> list[tuple[int, int, int]]:
-    """``(first token index, start, end)`` per word, grouped as :func:`nodes._align.decode` groups them."""
+    """``(first token index, start, end)`` per word, grouped as :func:`babybear.nodes._align.decode` groups them."""
     words: list[tuple[int, int, int]] = []
     last = None
     for i, ((s, e), w) in enumerate(zip(offsets, word_ids)):
@@ -351,7 +351,7 @@ class EarlyExit(Node):
         return self
 
     def attach_node(self, mamabear: Any) -> EarlyExit:
-        """:meth:`attach` to an :class:`nodes.mamabear_hf.HFTokenClassifier` node (warmed up here), with its
+        """:meth:`attach` to an :class:`babybear.nodes.mamabear_hf.HFTokenClassifier` node (warmed up here), with its
         windowing and CPU autocast."""
         mamabear.warm_up()
         p = mamabear.params

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from circuit.errors import NotFittedError
-from circuit.metrics import calibration_report
-from circuit.node import Gate, Params
+from babybear.errors import NotFittedError
+from babybear.metrics import calibration_report
+from babybear.node import Gate, Params
 
 EPS = 1e-6
 

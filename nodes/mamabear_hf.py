@@ -1,7 +1,7 @@
 """A Hugging Face token classifier (``AutoModelForTokenClassification``) as the mamabear.
 
 Texts of any length are cut into overlapping token windows and never truncated; subword predictions become
-character spans through the tokenizer's offsets and word ids (:func:`nodes._align.classify`).
+character spans through the tokenizer's offsets and word ids (:func:`babybear.nodes._align.classify`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from circuit.errors import BabybearError
-from circuit.node import Node, Params
-from circuit.types import Prediction
+from babybear.errors import BabybearError
+from babybear.node import Node, Params
+from babybear.types import Prediction
 
 from ._align import check_stride, classify, untruncated
 from ._models import resolve, torch_dtype
@@ -38,9 +38,9 @@ class TokenClassifierParams(Params):
 
 class TokenClassifierNode(Node):
     """Base of the subword token classifier mamabears: subclasses load a tokenizer and a model in ``warm_up``
-    and say how to get logits; texts of any length are windowed and decoded by :func:`nodes._align.classify`.
+    and say how to get logits; texts of any length are windowed and decoded by :func:`babybear.nodes._align.classify`.
 
-    Evidence (from :func:`nodes._align.decode`): ``log_seq_prob``, ``min_prob``, ``mean_prob``,
+    Evidence (from :func:`babybear.nodes._align.decode`): ``log_seq_prob``, ``min_prob``, ``mean_prob``,
     ``min_entity_prob``, ``n_words``, ``n_spans``.
     """
 

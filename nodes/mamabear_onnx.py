@@ -1,7 +1,7 @@
 """An exported token classifier run by onnxruntime as the mamabear (for example the ``rampart-pii`` model).
 
 The model folder holds ``config.json`` (with ``id2label``), ``tokenizer.json`` and an ``.onnx`` file. Windowing
-and decoding are the same as :class:`nodes.mamabear_hf.HFTokenClassifier`'s.
+and decoding are the same as :class:`babybear.nodes.mamabear_hf.HFTokenClassifier`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from circuit.errors import BabybearError
+from babybear.errors import BabybearError
 
 from ._models import resolve
 from .mamabear_hf import TokenClassifierNode, TokenClassifierParams

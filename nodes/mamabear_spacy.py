@@ -1,8 +1,8 @@
 """A spaCy pipeline's named entity recognizer as the mamabear (``en_core_web_md`` by default).
 
 Only the ``ner`` component and the components it listens to run. Texts longer than ``max_chars`` are cut into
-overlapping pieces and stitched back with the engine's own :func:`circuit.text.split_text` /
-:func:`circuit.text.stitch_spans`, so an entity near a cut is taken from the piece that sees it whole.
+overlapping pieces and stitched back with the engine's own :func:`babybear.text.split_text` /
+:func:`babybear.text.stitch_spans`, so an entity near a cut is taken from the piece that sees it whole.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from circuit.errors import BabybearError
-from circuit.node import Node, Params
-from circuit.records import clean_text
-from circuit.text import split_text, stitch_spans
-from circuit.types import Prediction, Span
+from babybear.errors import BabybearError
+from babybear.node import Node, Params
+from babybear.records import clean_text
+from babybear.text import split_text, stitch_spans
+from babybear.types import Prediction, Span
 
 from ._models import resolve, spacy_pipeline
 

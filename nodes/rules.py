@@ -19,10 +19,10 @@ from scipy.sparse import csr_matrix
 from sklearn.feature_extraction import FeatureHasher
 from sklearn.linear_model import LogisticRegression
 
-from circuit.errors import ArtifactError, BabybearError, NotFittedError
-from circuit.node import Node
-from circuit.node import Params as NodeParams
-from circuit.types import Prediction, Span
+from babybear.errors import ArtifactError, BabybearError, NotFittedError
+from babybear.node import Node
+from babybear.node import Params as NodeParams
+from babybear.types import Prediction, Span
 
 from ._tokens import MARKS, Token, tokenize
 

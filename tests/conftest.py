@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from circuit import Node, Params, Prediction, Span, register_node
+from babybear import Node, Params, Prediction, Span, register_node
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WORD = re.compile(r"\w+")
@@ -96,13 +96,13 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture
 def toy_circuit():
-    from circuit import Circuit
+    from babybear import Circuit
 
     return Circuit("toy", {"min_entity_f1": 0.99}).add("memo", Memorizer()).add("mama", CapsMamabear()).connect("memo", "mama")
 
 
 # -- real models ----------------------------------------------------------------------------------------------
-from circuit.testing import ODD_TEXTS  # noqa: E402  (the conformance battery's odd inputs)
+from babybear.testing import ODD_TEXTS  # noqa: E402  (the conformance battery's odd inputs)
 
 N = TypeVar("N", bound=Node)
 
@@ -117,8 +117,8 @@ def variant(node: N, **changes: Any) -> N:
 @pytest.fixture(scope="session")
 def spacy_md() -> Node:
     """The spaCy en_core_web_md mamabear, loaded once per test session (skips where it is not installed)."""
-    from circuit.errors import BabybearError
-    from nodes.mamabear_spacy import SpacyNER
+    from babybear.errors import BabybearError
+    from babybear.nodes.mamabear_spacy import SpacyNER
 
     pytest.importorskip("spacy")
     node = SpacyNER(model="en_core_web_md")
@@ -144,7 +144,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def labelled_bbc(spacy_md: Node) -> Labelled:
     """600 real BBC sentences spread over all topics and 200 from held-out articles, with the mamabear's
     answers: (train, train_ref, test, test_ref)."""
-    from circuit.corpus import bbc_sentences
+    from babybear.corpus import bbc_sentences
 
     train, test = bbc_sentences()
     train, test = train[:: len(train) // 600][:600], test[:: len(test) // 200][:200]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit import Circuit
+from babybear import Circuit
 from tests.conftest import CapsMamabear, Memorizer, synthetic_texts
 
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuit.types import Prediction
-from nodes._align import bio_transitions, classify, decode, stitch, token_windows, untruncated, viterbi
+from babybear.types import Prediction
+from babybear.nodes._align import bio_transitions, classify, decode, stitch, token_windows, untruncated, viterbi
 
 ID2LABEL = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from circuit import BabybearError, Circuit
-from circuit.audit import Audit, load_run
-from circuit.types import Prediction
+from babybear import BabybearError, Circuit
+from babybear.tuning.audit import Audit, load_run
+from babybear.types import Prediction
 from tests.conftest import synthetic_texts
 
 
@@ -110,7 +110,7 @@ def test_bad_fraction_and_empty_audit_are_explained(fitted):
 
 
 def test_cli_tune_and_report(fitted, tmp_path, capsys):
-    from circuit.cli import main
+    from babybear.doors.cli import main
 
     fitted.save(tmp_path / "f")
     assert main(["tune", str(tmp_path / "f"), "--budget", "0.9", "--method", "per_edge"]) == 0
@@ -134,7 +134,7 @@ def test_cli_tune_and_report(fitted, tmp_path, capsys):
 
 def test_a_handful_of_audited_errors_does_not_raise_the_alarm(fitted, monkeypatch):
     """One or two audited texts give the bootstrap no spread (one: a zero-width interval): no alarm on them."""
-    from circuit.audit import MIN_AUDITED
+    from babybear.tuning.audit import MIN_AUDITED
 
     drift(fitted, monkeypatch)
     audit = Audit(fitted, fraction=1.0, seed=2)

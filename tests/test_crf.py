@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from circuit import registry
-from circuit.errors import ArtifactError, NotFittedError
-from circuit.metrics import entity_f1
-from circuit.types import Prediction, Span
-from nodes._tokens import bio_to_spans, spans_to_bio, tokenize
-from nodes.crf import EVIDENCE_KEYS, CRFTagger, crf_tokens
+from babybear import registry
+from babybear.errors import ArtifactError, NotFittedError
+from babybear.metrics import entity_f1
+from babybear.types import Prediction, Span
+from babybear.nodes._tokens import bio_to_spans, spans_to_bio, tokenize
+from babybear.nodes.crf import EVIDENCE_KEYS, CRFTagger, crf_tokens
 from tests.conftest import ODD_TEXTS
 
 
@@ -180,7 +180,7 @@ def test_training_shows_a_bar_only_on_a_terminal(monkeypatch):
     texts, refs = ["Tony Blair met Gordon Brown"] * 20, [Prediction((Span(0, 10, "PERSON"),))] * 20
     for terminal in (True, False):
         out = StringIO()
-        monkeypatch.setattr("nodes.crf.console", Console(file=out, force_terminal=terminal))
+        monkeypatch.setattr("babybear.nodes.crf.console", Console(file=out, force_terminal=terminal))
         CRFTagger(max_iterations=5).fit(texts, refs)
         assert ("crf on 20 texts, loss" in out.getvalue()) is terminal
 

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from circuit.errors import ArtifactError
-from circuit.metrics import entity_f1
-from circuit.types import Prediction, Span
-from nodes import _clusters
-from nodes._clusters import CLUSTERS_FILE, WordClusters, prune, vocab_vectors
-from nodes._gazetteer import GAZETTEER_FILE, Gazetteer
-from nodes._tokens import tokenize
-from nodes.crf import EVIDENCE_KEYS, GAZETTEER_EVIDENCE_KEYS, CRFTagger, crf_tokens
+from babybear.errors import ArtifactError
+from babybear.metrics import entity_f1
+from babybear.types import Prediction, Span
+from babybear.nodes import _clusters
+from babybear.nodes._clusters import CLUSTERS_FILE, WordClusters, prune, vocab_vectors
+from babybear.nodes._gazetteer import GAZETTEER_FILE, Gazetteer
+from babybear.nodes._tokens import tokenize
+from babybear.nodes.crf import EVIDENCE_KEYS, GAZETTEER_EVIDENCE_KEYS, CRFTagger, crf_tokens
 from tests.conftest import ODD_TEXTS
 
 SIZES = [16, 64]  # small granularities keep the k-means to a second or two

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit.errors import BabybearError
-from nodes import _layers
-from nodes.early_exit import EarlyExit, advance, collect, resume_predictions, start_states, word_predictions
-from nodes.mamabear_hf import HFTokenClassifier
+from babybear.errors import BabybearError
+from babybear.nodes import _layers
+from babybear.nodes.early_exit import EarlyExit, advance, collect, resume_predictions, start_states, word_predictions
+from babybear.nodes.mamabear_hf import HFTokenClassifier
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit import Circuit
-from circuit.heldout import Heldout
-from nodes import _layers
-from nodes.early_exit import EarlyExit
-from nodes.mamabear_hf import HFTokenClassifier
+from babybear import Circuit
+from babybear.heldout import Heldout
+from babybear.nodes import _layers
+from babybear.nodes.early_exit import EarlyExit
+from babybear.nodes.mamabear_hf import HFTokenClassifier
 from tests.test_early_exit import ID2LABEL, sentences, tiny_model, tiny_tokenizer
 
 torch = pytest.importorskip("torch")

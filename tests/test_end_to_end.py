@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from circuit import Circuit
-from circuit.corpus import bbc_sentences
-from circuit.metrics import entity_f1
+from babybear import Circuit
+from babybear.corpus import bbc_sentences
+from babybear.metrics import entity_f1
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_saved_news_circuit_reloads_in_a_fresh_process_with_identical_answers(ne
     texts = bbc[1][:50]
     expected = [a.to_dict() for a in circuit(texts)]
     code = (
-        "import json, sys; from circuit import Circuit;"
+        "import json, sys; from babybear import Circuit;"
         f"c = Circuit.load({str(path)!r});"
         "texts = json.loads(sys.stdin.read());"
         "print(json.dumps([a.to_dict() for a in c(texts)]))"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.gates import CalibratedGate
+from babybear.nodes.gates import CalibratedGate
 
 
 def _evidence(n: int, seed: int) -> tuple[list[dict[str, float]], list[bool]]:

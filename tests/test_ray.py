@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from circuit import BabybearError, Circuit
-from circuit.cli import main
-from circuit.corpus import bbc_sentences
+from babybear import BabybearError, Circuit
+from babybear.doors.cli import main
+from babybear.corpus import bbc_sentences
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from circuit.ray_engine import _cpu_plan, run_dataset  # noqa: E402
+from babybear.doors.ray_engine import _cpu_plan, run_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}, "worker_process_setup_hook": "tests.test_ray.register_toy_nodes"}

@@ -12,10 +12,10 @@ import yaml
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from circuit import registry
-from circuit.errors import ArtifactError, NotFittedError
-from circuit.types import Prediction, Span
-from nodes.rules import KeywordGate, LearnedKeywordGate
+from babybear import registry
+from babybear.errors import ArtifactError, NotFittedError
+from babybear.types import Prediction, Span
+from babybear.nodes.rules import KeywordGate, LearnedKeywordGate
 from tests.conftest import ODD_TEXTS
 
 CUES = {"n_tokens", "n_capitalized_inner", "n_digit_tokens", "n_allcaps"}

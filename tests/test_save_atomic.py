@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-import circuit.artifacts
-from circuit.heldout import Heldout
-from circuit import BabybearError, Circuit
-from circuit.cli import main
+from babybear import artifacts
+from babybear.heldout import Heldout
+from babybear import BabybearError, Circuit
+from babybear.doors.cli import main
 from tests.saved_folder import folder, saved  # noqa: F401 - fixtures
 
 fork = multiprocessing.get_context("fork")  # the children keep the test node types registered here
@@ -63,7 +63,7 @@ def test_two_tunes_and_a_reader_at_once_never_interleave_and_always_see_a_whole_
 
 
 def test_a_held_lock_is_a_clear_error_naming_the_folder(folder, monkeypatch):
-    monkeypatch.setattr(circuit.artifacts, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(artifacts, "LOCK_TIMEOUT_S", 0.2)
     with FileLock(folder / ".babybear.lock"):
         for attempt in (lambda: Circuit.load(folder), lambda: save_as(folder, "late", 0.9)):
             with pytest.raises(BabybearError, match=f"^{folder}: another process has been saving or loading this circuit folder for over 0 s"):
@@ -103,7 +103,7 @@ def test_a_save_killed_part_way_leaves_a_whole_circuit(folder, stage, survivor):
 
 
 def test_packed_folder_files_leave_out_the_lock_and_refuse_a_link_out(folder, tmp_path):
-    from circuit.artifacts import folder_files, write_folder_files
+    from babybear.artifacts import folder_files, write_folder_files
 
     files = folder_files(folder)
     assert ".babybear.lock" not in files and "circuit.yaml" in files

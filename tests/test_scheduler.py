@@ -11,10 +11,10 @@ import pytest
 
 import numpy as np
 
-from circuit import Circuit, Node, Prediction, Span, register_node
-from circuit.node import Gate
-from circuit.errors import BabybearError
-from circuit.scheduler import Scheduler, is_out_of_memory, micro_batches
+from babybear import Circuit, Node, Prediction, Span, register_node
+from babybear.node import Gate
+from babybear.errors import BabybearError
+from babybear.scheduler import Scheduler, is_out_of_memory, micro_batches
 
 from .conftest import CapsMamabear, FragileMemorizer, Memorizer, synthetic_texts
 
@@ -250,7 +250,7 @@ def test_scheduler_rejects_bad_settings(toy_circuit):
 
 @pytest.mark.slow
 def test_spacy_md_mamabear_is_batch_size_invariant():
-    from nodes.mamabear_spacy import SpacyNER
+    from babybear.nodes.mamabear_spacy import SpacyNER
 
     try:
         node = SpacyNER(model="en_core_web_md")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from circuit import BabybearError, Circuit, CircuitValidationError
-from circuit.node import Params
-from nodes.gates import CalibratedGate
+from babybear import BabybearError, Circuit, CircuitValidationError
+from babybear.node import Params
+from babybear.nodes.gates import CalibratedGate
 from tests.conftest import FIXTURES, CapsMamabear, Memorizer
 
 
@@ -69,7 +69,7 @@ def test_misspelt_fields_list_the_known_ones():
 
 
 def test_the_readme_example_with_real_types_reports_its_six_problems(capsys):
-    from circuit.cli import main
+    from babybear.doors.cli import main
 
     assert main(["fit", str(FIXTURES / "broken_real.yaml"), "--corpus", "x", "--out", "y"]) == 2
     err = capsys.readouterr().err
@@ -128,8 +128,8 @@ def test_set_params_with_sklearn_style_names():
 
 
 def test_set_params_rebuilds_the_node_so_what_it_built_follows():
-    from nodes.crf import CRFTagger
-    from nodes.rules import KeywordGate
+    from babybear.nodes.crf import CRFTagger
+    from babybear.nodes.rules import KeywordGate
 
     circuit = Circuit().add("rules", KeywordGate()).add("crf", CRFTagger()).add("mama", CapsMamabear())
     circuit.connect("rules", "crf").connect("crf", "mama")

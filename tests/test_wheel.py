@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit.corpus import bbc_sentences
+from babybear.corpus import bbc_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_holds_the_package_and_the_ready_circuits(venv: Path, tmp_path: Path) -> None:
-    code = "import circuit, nodes, circuit.ready as r; print(circuit.__file__); print(nodes.__file__); print(r.names())"
+    code = "import babybear, babybear.nodes, babybear.ready as r; print(babybear.__file__); print(babybear.nodes.__file__); print(r.names())"
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.splitlines()
     assert all(line.startswith(str(venv)) for line in out[:2]), out
     assert out[2] == str(sorted(p.stem for p in (ROOT / "circuits").glob("*.yaml")))

@@ -44,10 +44,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from .errors import BabybearError
-from .metrics import f1, span_counts
-from .routing import CachedRun, Edge, Topology, merge
-from .schema import Budget, budget_problems
+from ..errors import BabybearError
+from ..metrics import f1, span_counts
+from ..routing import CachedRun, Edge, Topology, merge
+from ..schema import Budget, budget_problems
 
 Method = Literal["joint", "per_edge", "nearest"]
 Search = Literal["auto", "grid", "coordinate"]
@@ -296,12 +296,12 @@ def optimize(
 ) -> TuneResult:
     """Thresholds for every edge of ``run``'s circuit that meet ``budget`` at least cost.
 
-    ``method="joint"`` is this module's optimizer; ``"per_edge"`` is circuit.tuning's independent rule and
+    ``method="joint"`` is this module's optimizer; ``"per_edge"`` is :func:`per_edge_thresholds`, the independent rule, and
     ``"nearest"`` BabyBear's one global threshold whose F1 is nearest the budget (both point estimates, kept
     for comparison). Every method reports the frontier of the joint candidates and its choice on all rows.
 
     With ``switch_off`` the joint method also tunes the circuit with each babybear that has one successor
-    switched off (routed as :func:`circuit.routing.goes_on` says: it passes every sentence on, and its in-edges'
+    switched off (routed as :func:`babybear.routing.goes_on` says: it passes every sentence on, and its in-edges'
     thresholds decide who goes past it) and keeps the cheapest circuit. Choosing among k + 1 circuits tests each at
     ``(1 - confidence) / (k + 1)`` (Bonferroni), so the promise holds for the circuit finally chosen.
     """

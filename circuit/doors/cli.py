@@ -19,18 +19,18 @@ from typing import Any, BinaryIO
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from .errors import BabybearError, CircuitValidationError
-from .circuit import Circuit
-from .progress import console
-from .records import parse_line, text_lines
-from .schema import budget_problems
-from .types import Span
+from ..errors import BabybearError, CircuitValidationError
+from ..circuit import Circuit
+from ..progress import console
+from ..records import parse_line, text_lines
+from ..schema import budget_problems
+from ..types import Span
 
 STREAM_CHUNK = 10_000  # `run` holds at most two chunks of this many records (smaller ones while answers are slow)
 
 
 def _read_lines(path: str) -> list[str]:
-    """The file's lines, read as ``run`` reads its input (:func:`circuit.records.text_lines`)."""
+    """The file's lines, read as ``run`` reads its input (:func:`babybear.records.text_lines`)."""
     file = Path(path)
     if not file.is_file():
         raise BabybearError(f"corpus file not found: {path}")
@@ -261,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from nodes import _models
+    from babybear.nodes import _models
 
     if args.action == "list":
         for pkg in _models.MODEL_PACKAGES:
@@ -272,7 +272,7 @@ def cmd_models(args: argparse.Namespace) -> None:
             state = "built" if _models.built_model(name) else "not built"
             print(f"{name:<16} {'hf':<8} {'`' + command + '`':<40} {state}")
     elif args.action == "build":
-        from nodes.build_ner import RECIPES, build_model
+        from babybear.nodes.build_ner import RECIPES, build_model
 
         for name in args.names or list(RECIPES):
             build_model(name, force=args.force, corpus=args.corpus)
@@ -281,7 +281,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:
-    from . import corpus
+    from .. import corpus
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def parse_costs(pairs: list[str]) -> dict[str, float]:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .audit import load_run
+    from ..tuning.audit import load_run
 
     circuit = Circuit.load(args.dir)
     run = load_run(args.audit, circuit) if args.audit else None
@@ -332,7 +332,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import held_out_report, write_plots
+    from ..report import held_out_report, write_plots
 
     circuit = Circuit.load(args.dir)
     try:
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time the naive mamabear, the mamabear through the scheduler and the circuit, side by side")
     p.add_argument("dir", help="fitted circuit folder")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="options of circuit.bench (--corpus, --limit, --price-per-hour, ...)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of babybear.doors.bench (--corpus, --limit, --price-per-hour, ...)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list, install or build the offline models and corpora")

@@ -29,10 +29,10 @@ from spacy.tokens import Doc, Span
 from spacy.util import minibatch
 from spacy.vocab import Vocab
 
-from .errors import ArtifactError, BabybearError
-from .artifacts import folder_files, write_folder_files
-from .circuit import Circuit
-from .types import Answer
+from ..errors import ArtifactError, BabybearError
+from ..artifacts import folder_files, write_folder_files
+from ..circuit import Circuit
+from ..types import Answer
 
 EXTENSION = "babybear"
 CIRCUIT_FOLDER = "circuit"  # where to_disk puts the circuit inside the component's folder

@@ -1,18 +1,18 @@
 """Tuning: every threshold of a fitted circuit set for its budget from cached outputs, without running a model
-(the search and the statistical guarantee are :mod:`circuit.optimizer`'s)."""
+(the search and the statistical guarantee are :mod:`babybear.tuning.optimizer`'s)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import BabybearError, CircuitValidationError, NotFittedError
+from ..errors import BabybearError, CircuitValidationError, NotFittedError
 from .optimizer import Method, optimize
-from .routing import CachedRun
-from .schema import budget_problems
+from ..routing import CachedRun
+from ..schema import budget_problems
 
 if TYPE_CHECKING:
-    from .circuit import Circuit
+    from ..circuit import Circuit
 
 
 def tune(
@@ -28,13 +28,13 @@ def tune(
 
     ``min_entity_f1`` and ``confidence`` replace the budget's (checked before anything changes).
 
-    ``method``: "joint" (circuit.optimizer: all edges together, on a lower confidence bound), "per_edge"
+    ``method``: "joint" (babybear.tuning.optimizer: all edges together, on a lower confidence bound), "per_edge"
     or "nearest" (point-estimate rules kept for comparison). ``run`` tunes on other cached outputs (e.g.
-    :meth:`circuit.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows.
+    :meth:`babybear.tuning.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows.
     ``costs`` prices nodes per token in place of the costs measured during fit, for when the circuit will
     run on other hardware than it was fitted on (``{"mamabear": 1.0, "crf": 0.0}`` minimises mamabear
     calls alone); nodes it does not name keep their measured cost. ``options`` go to
-    :func:`circuit.optimizer.optimize`.
+    :func:`babybear.tuning.optimizer.optimize`.
     """
     if run is None and circuit.heldout_ is None:
         raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")

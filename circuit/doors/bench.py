@@ -3,7 +3,7 @@ the scheduler, and the whole fitted circuit.
 
 (a) naive: spaCy ``nlp.pipe`` with the full pipeline (spaCy mamabear), or ``transformers.pipeline(
     "token-classification")`` (HF mamabear), texts as a list, default batching;
-(b) scheduler: the circuit's mamabear alone through :class:`circuit.scheduler.Scheduler`;
+(b) scheduler: the circuit's mamabear alone through :class:`babybear.scheduler.Scheduler`;
 (c) circuit: the whole fitted circuit through the scheduler.
 
 For each: texts/s, tokens/s (whitespace tokens), wall and CPU seconds, $ per 1M tokens at ``--price-per-hour``
@@ -14,7 +14,7 @@ calls avoided, and entity F1 against (b) (exact spans, micro). Writes JSON and a
     babybear bench trained/news --mamabear hf-random-large --limit 64    # BERT-large shape, random weights
     python benchmarks/bench.py trained/news ...                          # the same, from a source checkout
 
-It ships in the package (``circuit.bench``), so ``babybear bench`` works from an installed wheel.
+It ships in the package (``babybear.doors.bench``), so ``babybear bench`` works from an installed wheel.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from circuit import Circuit
-from circuit.metrics import entity_f1
-from circuit.scheduler import Scheduler
-from circuit.text import n_tokens
-from circuit.types import Span
+from babybear import Circuit
+from babybear.metrics import entity_f1
+from babybear.scheduler import Scheduler
+from babybear.text import n_tokens
+from babybear.types import Span
 
 RESULTS = Path("benchmarks") / "results"  # relative to the working directory, as the other benchmarks write
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -88,7 +88,7 @@ def cuda() -> Any:
 def naive_spacy(model: str) -> Callable[[Sequence[str]], list[tuple[Span, ...]]]:
     import spacy
 
-    from nodes._models import resolve
+    from babybear.nodes._models import resolve
 
     nlp = spacy.load(resolve(model, "spacy"))  # the full pipeline: tagger, parser, lemmatizer, ... and ner
     say(f"  naive path: spacy.load({model!r}) with {nlp.pipe_names}, nlp.pipe(texts)")
@@ -118,7 +118,7 @@ def random_bert_large(folder: Path, layers: int) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-    from nodes._models import resolve
+    from babybear.nodes._models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6", "encoder"))
     config = BertConfig(
@@ -173,7 +173,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(tempfile.mkdtemp(prefix="bench-bert-large-"))
         say(f"  building a BERT-large-shaped token classifier ({args.layers} layers) with random weights in {folder}")
         random_bert_large(folder, args.layers)
-        from nodes.mamabear_hf import HFTokenClassifier
+        from babybear.nodes.mamabear_hf import HFTokenClassifier
 
         node = HFTokenClassifier(model=str(folder), device=args.device, keep_token_probs=False)
         node.warm_up()

@@ -2,7 +2,7 @@
 
 Two actor pools share the work, as the circuit does:
 
-* **babybears** (CPU actors): each text is cut into units as :class:`~circuit.circuit.Circuit` does, and the units
+* **babybears** (CPU actors): each text is cut into units as :class:`~babybear.circuit.Circuit` does, and the units
   are routed through every babybear; the mamabear is stood in for by a placeholder, so a unit that would reach
   it is only marked.
 * **mamabear** (one GPU per actor when the cluster has GPUs, CPU otherwise): answers the marked units, then every
@@ -27,14 +27,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BabybearError, NodeError
-from .artifacts import folder_files, write_folder_files
-from .circuit import Circuit
-from .node import Node
-from .records import parse_line, record, text_lines
-from .scheduler import Scheduler, text_answer
-from .text import split_text
-from .types import Answer, Prediction, Span
+from ..errors import BabybearError, NodeError
+from ..artifacts import folder_files, write_folder_files
+from ..circuit import Circuit
+from ..node import Node
+from ..records import parse_line, record, text_lines
+from ..scheduler import Scheduler, text_answer
+from ..text import split_text
+from ..types import Answer, Prediction, Span
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, BabybearError
-from .circuit import Circuit
-from .heldout import Heldout
-from .metrics import f1, span_counts
-from .routing import CachedRun
-from .scheduler import Scheduler
-from .text import pieces
-from .types import Answer, Prediction, Span
+from ..errors import ArtifactError, BabybearError
+from ..circuit import Circuit
+from ..heldout import Heldout
+from ..metrics import f1, span_counts
+from ..routing import CachedRun
+from ..scheduler import Scheduler
+from ..text import pieces
+from ..types import Answer, Prediction, Span
 
 N_BOOTSTRAP = 1000
 MIN_AUDITED = 20  # audited babybear answers before the alarm may fire (the bootstrap interval is too narrow below)
