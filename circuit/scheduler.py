@@ -118,6 +118,19 @@ Wave = dict[str, tuple[list[str], list[str], Resume | None, bool]]  # node -> (t
 RouteSteps = Generator[Wave, dict[str, NodeRun], Routed]
 
 
+def _resume(covers: dict[tuple[str, str], float], held: dict[str, dict[int, Any]], name: str, ix: np.ndarray, n: int) -> Resume | None:
+    """For the units ``ix`` that reach ``name``: the state each continues from (see :func:`resume_sources`), or
+    None when none has one."""
+    kept = {}
+    for u, states in held.items():
+        kept[u] = np.zeros(n, dtype=bool)
+        kept[u][list(states)] = True
+    source, _ = resume_sources(covers, name, kept, n)
+    if not any(source[ix]):
+        return None
+    return [(source[i], held[source[i]][i]) if source[i] else None for i in ix]
+
+
 @dataclass
 class _Job:
     """A chunk in flight: its routing steps, and the wave it waits on (CPU results done, GPU ones pending)."""
@@ -250,9 +263,7 @@ class Scheduler:
             for name, ix in idx.items():
                 if not len(ix) or name in topo.disabled:
                     continue
-                kept = {u: np.isin(np.arange(n), list(held[u])) for u in keeps}
-                source, _ = resume_sources(covers, name, kept, n)
-                resume = [(source[i], held[source[i]][i]) if source[i] else None for i in ix] if any(source[ix]) else None
+                resume = _resume(covers, held, name, ix, n) if any(v == name for _, v in covers) else None
                 work[name] = ([units[i] for i in ix], [ids[i] for i in ix], resume, name in keeps)
             results = (yield work) if work else {}
             for name, run in results.items():
