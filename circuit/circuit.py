@@ -8,7 +8,7 @@ Three doors open onto it: the Python builder (``Circuit().add(...).connect(...)`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,11 @@ class Circuit(Structure):
         run: CachedRun | None = None,
         costs: dict[str, float] | None = None,
         confidence: float | None = None,
+        off: Collection[str] = (),
         **options: Any,
     ) -> Circuit:
         """Set every threshold for the budget from cached outputs (see :func:`babybear.tuning.tune.tune`); returns self."""
-        tuning.tune(self, min_entity_f1, method, run, costs, confidence, **options)
+        tuning.tune(self, min_entity_f1, method, run, costs, confidence, off, **options)
         return self
 
     # -- evaluation --------------------------------------------------------------------------------------------

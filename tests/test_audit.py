@@ -130,6 +130,11 @@ def test_cli_tune_and_report(fitted, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"frontier.png", "answered.png", "calibration.png", "price.png"}
     assert main(["tune", str(tmp_path / "f"), "--budget", "1.5"]) == 2
     assert "min_entity_f1" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path / "f"), "--off", "memo"]) == 0
+    off = Circuit.load(tmp_path / "f")
+    assert not off.slot("memo").enabled and off.report_["kept_off"] == ["memo"]
+    assert main(["tune", str(tmp_path / "f"), "--off", "nope"]) == 2
+    assert "off: unknown node nope" in capsys.readouterr().err
 
 
 def test_a_handful_of_audited_errors_does_not_raise_the_alarm(fitted, monkeypatch):

@@ -383,6 +383,25 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
         circuit.tune(costs={"middle": -1.0})
 
 
+def test_tune_keeps_the_nodes_it_is_told_off_and_prices_the_circuit_without_them(fitted):
+    from babybear import register_node
+
+    register_node("test.CountingMemorizer.v1")(_Counting)
+    circuit = Circuit("three", {"min_entity_f1": 0.95}).add("first", Memorizer()).add("middle", _Counting()).add("mama", CapsMamabear())
+    circuit.connect("first", "middle").connect("middle", "mama").fit(synthetic_texts(800), progress=False)
+    circuit.tune(off=["first"])
+    assert not circuit.slot("first").enabled and circuit.report_["kept_off"] == ["first"]
+    assert "first" not in circuit.report_["optimizer"]["switch_off"]  # not tried again: it is off already
+    sim = circuit.heldout_.tuning.with_topology(circuit.topology).evaluate(circuit.thresholds)
+    assert sim["answered"]["first"] == 0.0 and sim["f1"] == circuit.report_["tuning"]["f1"]
+    circuit.tune()  # off is per call: the next tuning may switch it back on
+    assert circuit.report_["kept_off"] == []
+    with pytest.raises(BabybearError, match="off: unknown node nope"):
+        circuit.tune(off=["nope"])
+    with pytest.raises(BabybearError, match="mama is the mamabear"):
+        circuit.tune(off=["mama"])
+
+
 def test_cli_eval_against_gold(tmp_path, capsys):
     import json
 

@@ -319,7 +319,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     circuit = Circuit.load(args.dir)
     run = load_run(args.audit, circuit) if args.audit else None
     try:  # a bad new budget is refused before anything changes
-        circuit.tune(args.budget, method=args.method, run=run, costs=parse_costs(args.cost), bound=args.bound, confidence=args.confidence)
+        circuit.tune(args.budget, method=args.method, run=run, costs=parse_costs(args.cost), bound=args.bound, confidence=args.confidence, off=args.off)
     except CircuitValidationError as err:
         flags = {"budget.min_entity_f1": "--budget", "budget.confidence": "--confidence"}
         raise BabybearError("; ".join(f"{flags[p.location]}: {p.location} {p.message}" if p.location in flags else str(p) for p in err.problems)) from None
@@ -410,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="price a node per token instead of its cost measured in fit (repeatable); e.g. --cost mamabear=1 "
         "--cost crf=0 minimises mamabear calls, as on a machine where the mamabear's GPU is the bill",
     )
+    p.add_argument("--off", action="append", default=[], metavar="NODE",
+                   help="keep a babybear switched off (repeatable): what the circuit saves without it")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="print thresholds and the (cost, F1) frontier; write PNG plots")

@@ -316,7 +316,6 @@ def optimize(
     for node in nodes:
         off = run.with_topology(replace(run.topology, disabled=run.topology.disabled | {node}))
         alt = _optimize_one(off, split, method=method, **options)
-        alt.disabled = off.topology.disabled
         savings[node] = {**alt.chosen.to_dict(), "saving": 1 - alt.chosen.cost_per_token / full_cost if full_cost else 0.0}
         if alt.chosen.cost_per_token < best.chosen.cost_per_token:
             best = alt
@@ -326,8 +325,8 @@ def optimize(
 
 def _switchable(topo: Topology) -> list[str]:
     """Babybears with one successor, which a circuit may do without; a node a gate compares with (``agree_with``)
-    stays on."""
-    anchors = set(topo.agree_with.values())
+    stays on, and one already off stays off."""
+    anchors = set(topo.agree_with.values()) | topo.disabled
     return [n for n in topo.order if n != topo.mamabear and n not in anchors and sum(s == n for s, _ in topo.edges) == 1]
 
 
@@ -393,7 +392,7 @@ def _optimize_one(
         lower = _f1_lower_t(scorer.outcome(chosen_thresholds, test)[1][:, 0, :].astype(float), budget.confidence)
     else:
         raise BabybearError(f"unknown bound {bound!r}; known: ltt, bootstrap")
-    return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details)
+    return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details, run.topology.disabled)
 
 
 

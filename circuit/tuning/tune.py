@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ def tune(
     run: CachedRun | None = None,
     costs: dict[str, float] | None = None,
     confidence: float | None = None,
+    off: Collection[str] = (),
     **options: Any,
 ) -> None:
     """Set every threshold for the budget from cached outputs, without running a model.
@@ -33,11 +35,20 @@ def tune(
     :meth:`babybear.tuning.audit.Audit.cached_run` to recalibrate after drift) instead of the held-out tuning rows.
     ``costs`` prices nodes per token in place of the costs measured during fit, for when the circuit will
     run on other hardware than it was fitted on (``{"mamabear": 1.0, "crf": 0.0}`` minimises mamabear
-    calls alone); nodes it does not name keep their measured cost. ``options`` go to
+    calls alone); nodes it does not name keep their measured cost. ``off`` names babybears to keep switched off
+    (to see what the circuit saves without them); the optimizer may switch off others. ``options`` go to
     :func:`babybear.tuning.optimizer.optimize`.
     """
     if run is None and circuit.heldout_ is None:
         raise NotFittedError("nothing to tune from: fit the circuit first (or load a folder saved by a fit)")
+    unknown = sorted(set(off) - set(circuit.graph))
+    if unknown:
+        raise BabybearError(f"off: unknown node {', '.join(unknown)}; nodes: {', '.join(circuit.graph)}")
+    if circuit.topology.mamabear in off:
+        raise BabybearError(f"off: {circuit.topology.mamabear} is the mamabear, which cannot be switched off")
+    anchors = sorted(set(off) & set(circuit.topology.agree_with.values()))
+    if anchors:
+        raise BabybearError(f"off: a gate compares with {', '.join(anchors)} (agree_with), so it must stay on")
     update = {k: v for k, v in {"min_entity_f1": min_entity_f1, "confidence": confidence}.items() if v is not None}
     if update:
         budget = circuit.budget.model_copy(update=update)
@@ -57,8 +68,8 @@ def tune(
         if negative:
             raise BabybearError(f"costs: {', '.join(negative)} must be a number >= 0")
         run = replace(run, costs={**run.costs, **{n: float(c) for n, c in costs.items()}})
-    every_node_on = replace(circuit.topology, disabled=frozenset())
-    result = optimize(run.with_topology(every_node_on), circuit.budget, method=method, **options)
+    kept_off = replace(circuit.topology, disabled=frozenset(off))  # every other node on: the optimizer decides
+    result = optimize(run.with_topology(kept_off), circuit.budget, method=method, **options)
     circuit.set_thresholds(result.thresholds)
     for name in circuit.graph:
         circuit.slot(name).enabled = name not in result.disabled
@@ -71,5 +82,6 @@ def tune(
         thresholds={f"{s}->{t}": v for (s, t), v in circuit.thresholds.items()},
         tuning={k: v for k, v in outcome.items() if k != "per_label"},
         tuned_on={"source": tuned_on, "texts": run.n},
+        kept_off=sorted(off),
         optimizer=result.to_dict(),
     )
