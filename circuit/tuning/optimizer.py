@@ -370,20 +370,17 @@ def _optimize_one(
         chosen, scored = _search(scorer, grid, feasible, all_rows, how)
         lower = _bootstrap_f1_lower(scorer.outcome(chosen.thresholds)[1], weights, budget.confidence)
     elif bound == "ltt":
-        perm = rng.permutation(run.n)
-        learn, test = np.sort(perm[: run.n // 2]), np.sort(perm[run.n // 2 :])
+        learn, test = ltt_halves(run.n, seed)
         grid = candidates(run, n_candidates, learn)  # nothing about the test half may shape the sequence tested on it
         _, learned = _search(scorer, grid, lambda o: _meets(o, budget), learn, how)
         # the test sequence: settings that meet the budget on the learn half, safest first; a choice that then
         # passes on the test half meets it on both halves, so also on all the tuning rows
         path = sorted(pareto([o for o in learned if _meets(o, budget)]), key=lambda o: -o.cost_per_token)
-        delta = 1 - budget.confidence
         chosen_thresholds = {e: 1.0 for e in scorer.edges}
         tested = 0
         for o in path:
-            x = margins(scorer.outcome(o.thresholds, test)[1].astype(float), targets[None, :])
             tested += 1
-            if max(_t_pvalue(x[:, k]) for k in range(x.shape[1])) > delta:
+            if not passes(scorer.outcome(o.thresholds, test)[1], targets, budget.confidence):
                 break
             chosen_thresholds = o.thresholds
         chosen, _ = scorer.outcome(chosen_thresholds)
@@ -394,6 +391,19 @@ def _optimize_one(
         raise BabybearError(f"unknown bound {bound!r}; known: ltt, bootstrap")
     return TuneResult(method, chosen, lower, pareto(scored + [chosen]), len(scored), time.perf_counter() - start, details, run.topology.disabled)
 
+
+
+def ltt_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the ``"ltt"`` bound: a random half to search on (learn), the other to test on, both sorted."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+
+
+def passes(counts: np.ndarray, targets: np.ndarray, confidence: float) -> bool:
+    """Whether per-sentence ``counts`` (rows, constraints, 3) reject the null "some constraint fails" at level
+    ``1 - confidence``: one-sided t-tests on the margins (:func:`margins`), the largest p-value over constraints."""
+    x = margins(counts.astype(float), targets[None, :])
+    return max(_t_pvalue(x[:, k]) for k in range(x.shape[1])) <= 1 - confidence
 
 
 def _f1_lower_t(counts: np.ndarray, confidence: float) -> float:
