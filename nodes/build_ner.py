@@ -233,7 +233,7 @@ def train(
 
     from babybear.progress import track
 
-    from ._models import torch_dtype
+    from .models import torch_dtype
 
     dtype = torch_dtype("auto", device, "build")
 
@@ -339,7 +339,7 @@ def build(
     import transformers
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from ._models import resolve
+    from .models import resolve
 
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -428,7 +428,7 @@ def build(
 
 
 def _dtype_name(device: str) -> str:
-    from ._models import torch_dtype
+    from .models import torch_dtype
 
     return str(torch_dtype("auto", device, "build")).removeprefix("torch.")
 
@@ -439,7 +439,7 @@ def build_model(name: str, *, force: bool = False, corpus: str | None = None, pr
     The corpus is BBC News (train/test split by article, :func:`babybear.corpus.bbc_sentences`) unless ``corpus``
     names a text file of one sentence a line (then its last 10% are the test sentences).
     """
-    from ._models import BUILT_MODELS, built_model, install_models, models_cache
+    from .models import BUILT_MODELS, built_model, install_models, models_cache
 
     if name not in RECIPES or name not in BUILT_MODELS:
         raise BabybearError(f"no recipe to build '{name}'; known: {', '.join(RECIPES)}")

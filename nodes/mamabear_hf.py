@@ -18,7 +18,7 @@ from babybear.node import Node, Params
 from babybear.types import Prediction
 
 from ._align import check_stride, classify, untruncated
-from ._models import resolve, torch_dtype
+from .models import resolve, torch_dtype
 
 
 class TokenClassifierParams(Params):

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from babybear.errors import BabybearError
 
-from ._models import resolve
+from .models import resolve
 from .mamabear_hf import TokenClassifierNode, TokenClassifierParams
 
 

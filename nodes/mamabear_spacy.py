@@ -19,7 +19,7 @@ from babybear.records import clean_text
 from babybear.text import split_text, stitch_spans
 from babybear.types import Prediction, Span
 
-from ._models import resolve, spacy_pipeline
+from .models import resolve, spacy_pipeline
 
 _OVERLAP_CHARS = 1_000  # context shared by neighbouring pieces of a long text (at most a quarter of a piece)
 

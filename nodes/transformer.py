@@ -35,7 +35,7 @@ from babybear.node import Node, Params
 from babybear.records import clean_text
 from babybear.types import Prediction, Span
 from babybear.nodes import _align
-from babybear.nodes._models import torch_dtype
+from babybear.nodes.models import torch_dtype
 
 #: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
 SHAPES: tuple[str, ...] = ("special", "Xx", "XX", "X", "xx", "d", "punct", "mixed", "other")
@@ -706,7 +706,7 @@ class TransformerTagger(Node):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _amp_dtype(self) -> Any:
-        """The autocast dtype on this node's device (:func:`babybear.nodes._models.torch_dtype`), but float32 for ``auto``
+        """The autocast dtype on this node's device (:func:`babybear.nodes.models.torch_dtype`), but float32 for ``auto``
         on a CPU: under bf16 the student's evidence moved by 1e-3 with the batch's padding, so the gate after it
         routed a text differently alone and in a batch, for a 1.24x gain (its cost is tokenizing and decoding)."""
         import torch

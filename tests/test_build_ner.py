@@ -12,7 +12,7 @@ import pytest
 
 from babybear.errors import BabybearError
 from babybear.types import Span
-from babybear.nodes import _models, build_ner
+from babybear.nodes import build_ner, models
 from babybear.nodes.build_ner import Recipe, build, encode, rescale_output, word_targets
 
 torch = pytest.importorskip("torch")
@@ -179,7 +179,7 @@ def test_bf16_autocast_on_cpu_keeps_the_spans(built, monkeypatch) -> None:
     target, _ = built
     texts = _sentences(12, 11)
     fp32 = HFTokenClassifier(model=str(target), device="cpu", dtype="float32").predict_batch(texts)
-    monkeypatch.setattr(_models, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_native_bf16", lambda: True)
     auto = HFTokenClassifier(model=str(target), device="cpu", dtype="auto")
     auto.warm_up()
     assert auto._autocast == torch.bfloat16
@@ -192,7 +192,7 @@ def test_bf16_autocast_on_cpu_keeps_the_spans(built, monkeypatch) -> None:
 def test_auto_is_float32_on_a_cpu_without_native_bf16(built, monkeypatch) -> None:
     from babybear.nodes.mamabear_hf import HFTokenClassifier
 
-    monkeypatch.setattr(_models, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(models, "cpu_native_bf16", lambda: False)
     node = HFTokenClassifier(model=str(built[0]), device="cpu", dtype="auto")
     node.warm_up()
     assert node._autocast is None and next(node._model.parameters()).dtype == torch.float32
@@ -203,7 +203,7 @@ def test_the_student_stays_float32_on_a_cpu_unless_bf16_is_asked_for(monkeypatch
     """Under bf16 its evidence moved with the batch's padding (routing then depended on the batch), for a 1.24x gain."""
     from babybear.nodes.transformer import TransformerTagger
 
-    monkeypatch.setattr(_models, "cpu_native_bf16", lambda: native)
+    monkeypatch.setattr(models, "cpu_native_bf16", lambda: native)
     assert not isinstance(TransformerTagger(device="cpu")._autocast(), torch.autocast)
     ctx = TransformerTagger(device="cpu", dtype="bfloat16")._autocast()
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
@@ -213,7 +213,7 @@ def test_the_student_stays_float32_on_a_cpu_unless_bf16_is_asked_for(monkeypatch
 def test_the_real_mpnet_news_ner_finds_news_entities() -> None:
     from babybear.nodes.mamabear_hf import HFTokenClassifier
 
-    folder = _models.built_model("mpnet-news-ner")
+    folder = models.built_model("mpnet-news-ner")
     if folder is None:
         pytest.skip("mpnet-news-ner is not built (`babybear models build mpnet-news-ner`)")
     (pred,) = HFTokenClassifier(model="mpnet-news-ner").predict_batch(["Tony Blair flew to Washington on Monday."])

