@@ -1,7 +1,9 @@
 """Versioned type names (``babybear.CRFTagger.v1``) for nodes and gates.
 
 Built-in types and third-party ones are found the same way: through the entry-point groups
-``babybear.nodes`` and ``babybear.gates`` (see pyproject.toml). Code can also register a class at run time
+``babybear.nodes`` and ``babybear.gates`` (see pyproject.toml). A renamed type keeps its old name in the group
+``<group>.renamed`` (old name = new name), so that YAMLs and saved circuits written under the old name still load;
+a circuit is written under the new one. Code can also register a class at run time
 with :func:`register_node` / :func:`register_gate`. Entry points are loaded lazily, so naming a type does not
 import torch until that type is used.
 """
@@ -28,13 +30,20 @@ class Registry(Generic[T]):
     def _entry_points(self) -> dict:
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
+    def renamed(self) -> dict[str, str]:
+        """Old name -> the name it has now, for types renamed since (entry-point group ``<group>.renamed``)."""
+        return {ep.name: ep.value for ep in entry_points(group=f"{self.group}.renamed")}
+
     def names(self) -> list[str]:
+        """The current names (old names of renamed types still load, but are not listed)."""
         return sorted(set(self._classes) | set(self._entry_points()))
 
     def __contains__(self, name: str) -> bool:
+        name = self.renamed().get(name, name)
         return name in self._classes or name in self._entry_points()
 
     def get(self, name: str) -> type[T]:
+        name = self.renamed().get(name, name)
         if name in self._classes:
             return self._classes[name]
         eps = self._entry_points()

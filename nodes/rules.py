@@ -1,4 +1,5 @@
-"""Rule babybears: user-written keyword/regex rules, and a learned "the mamabear finds nothing here" gate.
+"""Rule babybears: user-written keyword/regex rules (:class:`KeywordTagger`), and a learned "the mamabear finds
+nothing here" tagger (:class:`LearnedKeywordTagger`). Both are nodes; the gates are on the edges after them.
 
 Both report the same cheap surface cues as evidence (token, capitalization and digit counts), from which a
 gate can learn when a sentence has no entity worth sending on.
@@ -26,7 +27,7 @@ from babybear.types import Prediction, Span
 
 from ._tokens import MARKS, Token, tokenize
 
-GATE_FILE = "learned_gate.json"
+GATE_FILE = "learned_gate.json"  # the name from when LearnedKeywordTagger was LearnedKeywordGate; saved folders keep it
 _SENTENCE_END = frozenset(".!?")
 _WORD_CHAR = rf"[\w{MARKS}]"  # a letter, digit or combining mark: what a whole keyword must not touch
 # scripts written without spaces between words (Han, kana, Thai, Lao, Myanmar, Khmer): no boundary there
@@ -95,7 +96,7 @@ class Pattern(BaseModel):
         return value
 
 
-class KeywordGate(Node):
+class KeywordTagger(Node):
     """User-written rules: regex ``patterns`` and per-label ``keywords`` (whole words, see :func:`keyword_regexes`).
 
     Answers the matched spans, non-overlapping, leftmost-longest over all rules; with no rules it answers no
@@ -147,7 +148,7 @@ def _hashed_cues(tokens: Sequence[Token]) -> list[str]:
     return sorted(cues)
 
 
-class LearnedKeywordGate(Node):
+class LearnedKeywordTagger(Node):
     """Learns from the mamabear which surface cues mean "no entity here"; always answers no entities.
 
     A logistic regression over hashed cues (lower-cased words, capitalization shapes, digits, a length bucket)
@@ -168,10 +169,10 @@ class LearnedKeywordGate(Node):
     def is_fitted(self) -> bool:
         return self.coef_ is not None
 
-    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> LearnedKeywordGate:
+    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> LearnedKeywordTagger:
         if len(texts) != len(reference) or not texts:
             raise BabybearError(
-                f"LearnedKeywordGate.fit needs as many references as texts (at least one), "
+                f"LearnedKeywordTagger.fit needs as many references as texts (at least one), "
                 f"got {len(texts)} texts and {len(reference)} references"
             )
         empty = np.array([not ref.spans for ref in reference])
@@ -191,7 +192,7 @@ class LearnedKeywordGate(Node):
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
         if self.coef_ is None:
-            raise NotFittedError("LearnedKeywordGate is not fitted: call fit() or from_disk() first")
+            raise NotFittedError("LearnedKeywordTagger is not fitted: call fit() or from_disk() first")
         if not texts:
             return []
         logits = self._features(texts) @ self.coef_ + self.intercept_
@@ -203,7 +204,7 @@ class LearnedKeywordGate(Node):
     # -- persistence (JSON: the hashing size, the intercept and the non-zero coefficients) ------------------
     def to_disk(self, path: Path) -> None:
         if self.coef_ is None:
-            raise NotFittedError("LearnedKeywordGate is not fitted: nothing to save")
+            raise NotFittedError("LearnedKeywordTagger is not fitted: nothing to save")
         nonzero = np.flatnonzero(self.coef_)
         state = {
             "format": 1,
@@ -214,16 +215,22 @@ class LearnedKeywordGate(Node):
         }
         (Path(path) / GATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
 
-    def from_disk(self, path: Path) -> LearnedKeywordGate:
+    def from_disk(self, path: Path) -> LearnedKeywordTagger:
         file = Path(path) / GATE_FILE
         try:
             state = json.loads(file.read_text(encoding="utf-8"))
-            fresh = LearnedKeywordGate(**state["params"])
+            fresh = LearnedKeywordTagger(**state["params"])
             coef = np.zeros(fresh.params.n_features)
             coef[np.asarray(state["indices"], dtype=int)] = np.asarray(state["values"], dtype=float)
             intercept = float(state["intercept"])
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise ArtifactError(f"cannot load the learned gate from {file}: {type(e).__name__}: {e}") from e
+            raise ArtifactError(f"cannot load the learned keyword tagger from {file}: {type(e).__name__}: {e}") from e
         self.params, self._hasher = fresh.params, fresh._hasher
         self.coef_, self.intercept_ = coef, intercept
         return self
+
+
+# The names these nodes had until they were renamed for what they are (taggers, not gates). Their registry names
+# (babybear.KeywordGate.v1, babybear.LearnedKeywordGate.v1) still load, so existing YAMLs and saved circuits do too.
+KeywordGate = KeywordTagger
+LearnedKeywordGate = LearnedKeywordTagger

@@ -32,16 +32,16 @@ def _taught(node: Node) -> Node:
     return node.fit(texts, CapsMamabear().predict_batch(texts))
 
 
-def keyword_gate() -> Node:
-    from babybear.nodes.rules import KeywordGate
+def keyword_tagger() -> Node:
+    from babybear.nodes.rules import KeywordTagger
 
-    return KeywordGate(keywords={"GPE": ["London", "New York"]}, patterns=[{"label": "PERCENT", "regex": r"\d+%"}])
+    return KeywordTagger(keywords={"GPE": ["London", "New York"]}, patterns=[{"label": "PERCENT", "regex": r"\d+%"}])
 
 
-def learned_keyword_gate() -> Node:
-    from babybear.nodes.rules import LearnedKeywordGate
+def learned_keyword_tagger() -> Node:
+    from babybear.nodes.rules import LearnedKeywordTagger
 
-    return _taught(LearnedKeywordGate(n_features=1024))
+    return _taught(LearnedKeywordTagger(n_features=1024))
 
 
 def crf_tagger() -> Node:
@@ -121,8 +121,8 @@ def onnx_token_classifier() -> Node:
 
 
 CASES: dict[str, Callable[..., Node]] = {
-    "babybear.KeywordGate.v1": keyword_gate,
-    "babybear.LearnedKeywordGate.v1": learned_keyword_gate,
+    "babybear.KeywordTagger.v1": keyword_tagger,
+    "babybear.LearnedKeywordTagger.v1": learned_keyword_tagger,
     "babybear.CRFTagger.v1": crf_tagger,
     "babybear.TransformerTagger.v1": transformer_tagger,
     "babybear.SpacyNER.v1": spacy_ner,
@@ -174,5 +174,5 @@ def test_a_node_that_breaks_the_contract_fails_the_battery(check, tmp_path: Path
 
 
 def test_check_node_runs_every_check(tmp_path: Path) -> None:
-    check_node(keyword_gate(), TEXTS, tmp_path)
+    check_node(keyword_tagger(), TEXTS, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(c.__name__ for c in NODE_CHECKS)
