@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from .errors import BabybearError
 from .types import Prediction
 
 
@@ -71,6 +72,22 @@ class Node(ABC):
         """``successor``'s predictions for ``texts`` (and its own states) computed from the ``states`` this node
         handed on, doing only the work :meth:`covers` leaves; for nodes that cover something."""
         raise NotImplementedError(f"{type(self).__name__} covers no successor's work")
+
+    # -- learning from inside another node's pass (early exit) ----------------------------------------------
+    def taps(self) -> dict[str, Any]:
+        """What this node learns from inside another node's warm-up pass, by that node's name (an early exit on
+        layer k asks its mamabear ``{"mamabear": {"layers": [k]}}``). The warm-up asks the mamabear to :meth:`keep`
+        it while it labels the training texts, and hands it to this node as ``fit(texts, reference, kept=...)``
+        (per text, what that text's pass kept for this node, None where nothing was kept): a node with taps
+        accepts ``kept``. Default: none, and :meth:`fit` is called as usual."""
+        return {}
+
+    def keep(self, requests: Mapping[str, Any]) -> None:
+        """From now on, keep what ``requests`` ({requesting node: its :meth:`taps` request}) ask for:
+        :meth:`predict_with_state` returns, beside predictions equal to :meth:`predict_batch`'s, per text
+        {requesting node: what it kept}. ``{}`` stops keeping. The default keeps nothing and says so."""
+        if requests:
+            raise BabybearError(f"{type(self).__name__} can keep nothing from its pass for {', '.join(sorted(requests))}")
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:

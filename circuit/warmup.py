@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from .errors import BabybearError, NotFittedError
 from .heldout import Heldout
 from .metrics import entity_f1
 from .tuning.optimizer import check_budget
-from .scheduler import Scheduler
+from .scheduler import NodeRun, Scheduler
 from .text import n_tokens, pieces
 from .types import Prediction
 
@@ -54,12 +54,9 @@ def fit(
     units = [u for b in blocks for u in b]
     topo = circuit.topology
     circuit.warm_up()
-    mama = circuit.node(topo.mamabear)
     tokens = np.array([n_tokens(u) for u in units])
-    start = time.perf_counter()
-    with Scheduler(circuit, batch_size, progress=progress) as scheduler:
-        labelled = scheduler.predict(topo.mamabear, units)
-    mama.cost_ = (time.perf_counter() - start) / max(int(tokens.sum()), 1)
+    asked = _taps(circuit)
+    labelled, kept = _label(circuit, units, tokens, int(len(units) * fractions[0]) if asked else 0, asked, batch_size, progress)
     keep = [i for i in range(len(units)) if i not in labelled.errors]  # no reference, nothing to learn from
     if labelled.errors:
         log.warning("warm-up: the mamabear failed on %d of %d texts; they are left out", len(labelled.errors), len(units))
@@ -70,9 +67,13 @@ def fit(
     b = a + int(len(units) * fractions[1])
     train, calib, tune = units[:a], units[a:b], units[b:]
     check_budget(circuit.budget, {s.label for p in ref[b:] for s in p.spans})  # before the babybears train
+    kept = [kept[i] for i in keep[:a]]
     for name in topo.order:
-        if name != topo.mamabear:
+        if name in asked.get(topo.mamabear, {}):
+            circuit.node(name).fit(train, ref[:a], kept=[k.get(name) if k else None for k in kept])
+        elif name != topo.mamabear:
             circuit.node(name).fit(train, ref[:a])
+    del kept  # the kept states are the warm-up's largest object
     held, held_ref, held_tokens = calib + tune, ref[a:], tokens[a:]
     preds: dict[str, list[Prediction]] = {}
     failed: set[int] = set()
@@ -108,6 +109,44 @@ def fit(
             n: entity_f1([p.spans for p in preds[n][len(calib):]], [p.spans for p in held_ref[len(calib):]]) for n in topo.order if n != topo.mamabear
         },
     }
+
+
+def _taps(circuit: Circuit) -> dict[str, dict[str, Any]]:
+    """What the nodes ask to keep from the mamabear's pass (:meth:`Node.taps`): {mamabear: {node: request}}. Only
+    the mamabear's pass runs before the babybears learn, so a tap on another node is an error."""
+    mamabear, asked = circuit.topology.mamabear, {}
+    for name in circuit.topology.order:
+        for producer, request in circuit.node(name).taps().items():
+            if producer != mamabear:
+                raise BabybearError(f"nodes.{name}: asks to learn from {producer!r}'s pass, but the warm-up runs only the mamabear's ({mamabear!r}) before the babybears learn")
+            asked.setdefault(producer, {})[name] = request
+    return asked
+
+
+def _label(
+    circuit: Circuit, units: list[str], tokens: np.ndarray, n_kept: int, asked: dict[str, dict[str, Any]], batch_size: int, progress: bool
+) -> tuple[NodeRun, list[dict[str, Any] | None]]:
+    """The mamabear's answers on ``units`` in one pass, keeping what ``asked`` requests (:meth:`Node.keep`) on the
+    first ``n_kept`` units (where the training share lies) and, per unit, what was kept there (None beyond them).
+    The mamabear's cost per token is timed on the plain rest of the pass (on all of it when nothing is kept)."""
+    name = circuit.topology.mamabear
+    mama = circuit.node(name)
+    with Scheduler(circuit, batch_size, progress=progress) as scheduler:
+        first = NodeRun([], states=[])
+        if n_kept:
+            mama.keep(asked.get(name, {}))
+            try:
+                first = scheduler.predict(name, units[:n_kept], keep_states=True)
+            finally:
+                mama.keep({})
+        start = time.perf_counter()
+        rest = scheduler.predict(name, units[n_kept:])
+        seconds = time.perf_counter() - start
+    timed = tokens[n_kept:] if n_kept < len(units) else tokens
+    mama.cost_ = (seconds if n_kept < len(units) else first.seconds) / max(int(timed.sum()), 1)
+    errors = {**first.errors, **{i + n_kept: e for i, e in rest.errors.items()}}
+    states = [*(first.states or []), *[None] * (len(units) - n_kept)]
+    return NodeRun(first.preds + rest.preds, errors, first.seconds + rest.seconds), states
 
 
 def fit_gates(circuit: Circuit) -> None:

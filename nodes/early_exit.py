@@ -10,8 +10,11 @@ Nothing is computed twice: :meth:`EarlyExit.predict_with_state` returns, beside 
 layer-k hidden states (:class:`ExitState`), from which :func:`resume` finishes the mamabear's forward pass, or a
 deeper exit continues. Texts are tokenized and windowed exactly as the mamabear does it
 (:func:`babybear.nodes._align.classify`); when every text of a batch is resumed with the mamabear's ``batch_size``, the
-logits are the mamabear's own, bit for bit. Training needs no extra mamabear pass when the warm-up's pass is
-:func:`collect`, which keeps the layer-k states of every word beside the final logits.
+logits are the mamabear's own, bit for bit. Training needs no extra mamabear pass: an exit :meth:`EarlyExit.taps`
+layer k of the mamabear, so the warm-up has the mamabear keep (:meth:`babybear.nodes.mamabear_hf.HFTokenClassifier.keep`)
+the layer-k states of every word's first subword, in float16, beside the final logits (:func:`collect`) while it labels
+the training share, and hands them to :meth:`EarlyExit.fit` as ``kept``. Outside a circuit, ``fit`` runs
+:func:`collect` itself.
 
 Supported families: :data:`babybear.nodes._layers.SUPPORTED_MODEL_TYPES`.
 """
@@ -227,11 +230,13 @@ def collect(
     stride: int = 128,
     batch_size: int = 32,
     autocast: Any = None,
+    hidden_dtype: Any = np.float32,
 ) -> list[WordStates]:
     """One forward pass of the mamabear over ``texts`` (its own tokenization and windowing) keeping, for every word,
-    the hidden state of its first subword after each of ``layers`` and the final logits: the training material of
-    exits at those layers (the warm-up's pass, so that they cost no extra mamabear pass). The windowing and
-    ``autocast`` must be the mamabear's."""
+    the hidden state of its first subword after each of ``layers`` (as ``hidden_dtype``: float16 halves the
+    memory) and the final logits (float32): the training material of exits at those layers (the warm-up's pass,
+    :meth:`babybear.nodes.mamabear_hf.HFTokenClassifier.keep`, so that they cost no extra mamabear pass). The
+    windowing and ``autocast`` must be the mamabear's."""
     n, hidden_size = _layers.n_layers(model), model.config.hidden_size
     layers = sorted(set(layers))
     if not all(1 <= k < n for k in layers):
@@ -255,7 +260,7 @@ def collect(
         for st, z in zip(states, _windowed(model, states, run, batch_size=batch_size, width=width, autocast=autocast)):
             words = _first_subwords(st.offsets, st.word_ids)
             rows = z[[i for i, _, _ in words]]
-            hidden = {k: rows[:, j * hidden_size : (j + 1) * hidden_size].copy() for j, k in enumerate(layers)}
+            hidden = {k: rows[:, j * hidden_size : (j + 1) * hidden_size].astype(hidden_dtype) for j, k in enumerate(layers)}
             out.append(WordStates([(s, e) for _, s, e in words], hidden, rows[:, len(layers) * hidden_size :].copy()))
     return out
 
@@ -432,13 +437,20 @@ class EarlyExit(Node):
         self.warm_up()
         return collect(self._model, self._tokenizer, texts, [self.params.layer], **self._windowing)
 
-    def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> EarlyExit:
-        """Learn from one mamabear pass over ``texts`` (:meth:`collect`): the mamabear's final logits are the
-        targets (``reference`` is their decoding, so it is only checked for length). Prefer :meth:`fit_states` on
-        the warm-up's own pass."""
-        if len(texts) != len(reference):
-            raise BabybearError(f"{self._where}: fit got {len(texts)} texts but {len(reference)} reference predictions")
-        return self.fit_states(self.collect(texts))
+    def taps(self) -> dict[str, Any]:
+        """Layer k of the mamabear's warm-up pass (see :meth:`babybear.node.Node.taps`)."""
+        return {self.params.mamabear: {"layers": [self.params.layer]}}
+
+    def fit(self, texts: Sequence[str], reference: Sequence[Prediction], kept: Sequence[WordStates | None] | None = None) -> EarlyExit:
+        """Learn from the mamabear's pass over ``texts``: the states the warm-up's own pass ``kept`` for this exit
+        (texts with None are left out), or, without them, a pass of its own (:meth:`collect`). The mamabear's final
+        logits are the targets (``reference`` is their decoding, so it is only checked for length)."""
+        if len(texts) != len(reference) or (kept is not None and len(kept) != len(texts)):
+            got = "" if kept is None else f" and {len(kept)} kept states"
+            raise BabybearError(f"{self._where}: fit got {len(texts)} texts but {len(reference)} reference predictions{got}")
+        if kept is None:
+            return self.fit_states(self.collect(texts))
+        return self.fit_states([w for w in kept if w is not None])
 
     def fit_states(self, words: Sequence[WordStates]) -> EarlyExit:
         """Train the head on kept layer-k states (mamabear frozen): cross-entropy on the mamabear's word labels
@@ -461,7 +473,7 @@ class EarlyExit(Node):
         held, train = [words[i] for i in sorted(order[:n_held])], [words[i] for i in sorted(order[n_held:])]
 
         def stack(part: Sequence[WordStates]) -> tuple[Any, Any]:
-            x = np.concatenate([np.zeros((0, model.config.hidden_size), np.float32), *(w.hidden[k] for w in part)])
+            x = np.concatenate([np.zeros((0, model.config.hidden_size), np.float32), *(w.hidden[k] for w in part)], dtype=np.float32)
             z = np.concatenate([np.zeros((0, len(self.labels_)), np.float32), *(w.logits for w in part)])
             return torch.from_numpy(x), torch.from_numpy(z)
 
@@ -537,7 +549,7 @@ class EarlyExit(Node):
         for w in words:
             ids = list(range(len(w.spans)))
             with torch.no_grad():
-                z = self.head_(torch.from_numpy(w.hidden[self.params.layer])).numpy()
+                z = self.head_(torch.from_numpy(w.hidden[self.params.layer].astype(np.float32, copy=False))).numpy()
             mine = self._decode(w.spans, ids, z)
             theirs = _align.decode(w.spans, ids, _align.softmax(w.logits), id2label)
             agree.append(mine.spans == theirs.spans)

@@ -7,7 +7,7 @@ character spans through the tokenizer's offsets and word ids (:func:`babybear.no
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -94,6 +94,7 @@ class HFTokenClassifier(TokenClassifierNode):
         self._model: Any = None
         self._device: str | None = None
         self._autocast: Any = None  # the CPU's bfloat16 autocast dtype, or None (weights carry the dtype)
+        self._keep: dict[str, list[int]] = {}  # requesting node -> the layers to keep for it (see keep())
 
     def warm_up(self) -> None:
         if self._model is not None:
@@ -122,6 +123,41 @@ class HFTokenClassifier(TokenClassifierNode):
     def device(self) -> str:
         """``"gpu"`` when the model runs on CUDA (known after :meth:`warm_up`; before it, when asked for)."""
         return "gpu" if (self._device or self.params.device) == "cuda" else "cpu"
+
+    def keep(self, requests: Mapping[str, Any]) -> None:
+        """Keep, from the next passes, the hidden states after the layers each request names (``{"layers": [k,
+        ...]}``, 1 .. layers - 1) at each word's first subword, beside the final logits there
+        (:func:`babybear.nodes.early_exit.collect`, in float16): :meth:`predict_with_state` then gives per text
+        {requesting node: :class:`babybear.nodes.early_exit.WordStates`}. What early exits learn from without a
+        pass of their own."""
+        layers = {}
+        for name, request in requests.items():
+            if not isinstance(request, Mapping) or set(request) != {"layers"}:
+                raise BabybearError(f"{type(self).__name__} keeps layers: {name!r} asked {request!r}; ask {{'layers': [k, ...]}}")
+            layers[name] = sorted({int(k) for k in request["layers"]})
+        self._keep = layers
+
+    def predict_with_state(self, texts: Sequence[str]) -> tuple[list[Prediction], list[Any]]:
+        """:meth:`predict_batch`, and per text what :meth:`keep` asked for (None each when nothing was)."""
+        if not self._keep:
+            return super().predict_with_state(texts)
+        from .early_exit import WordStates, collect, word_predictions
+
+        self.warm_up()
+        p = self.params
+        words = collect(
+            self._model,
+            self._tokenizer,
+            texts,
+            sorted({k for ks in self._keep.values() for k in ks}),
+            max_length=p.max_length,
+            stride=p.stride,
+            batch_size=p.batch_size,
+            autocast=self._autocast,
+            hidden_dtype=np.float16,
+        )
+        states = [{name: WordStates(w.spans, {k: w.hidden[k] for k in ks}, w.logits) for name, ks in self._keep.items()} for w in words]
+        return word_predictions(words, self._id2label, p.keep_token_probs), states
 
     def _logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         import torch

@@ -4,6 +4,8 @@ simulator prices a resumed text at the layers left; the circuit saves and loads 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,9 +20,8 @@ torch = pytest.importorskip("torch")
 L = 4
 
 
-@pytest.fixture(scope="module")
-def circuit(tmp_path_factory: pytest.TempPathFactory) -> Circuit:
-    folder = tmp_path_factory.mktemp("tiny-bert")
+def exit_circuit(folder: Path) -> Circuit:
+    """exit@1 -> exit@2 -> a tiny 4-layer BERT mamabear saved in ``folder`` (not fitted)."""
     torch.manual_seed(0)
     model = tiny_model("bert")
     big = tiny_model("bert").__class__(model.config.__class__(**{**model.config.to_dict(), "num_hidden_layers": L}))
@@ -28,7 +29,7 @@ def circuit(tmp_path_factory: pytest.TempPathFactory) -> Circuit:
         big.classifier.weight.mul_(20)
     big.save_pretrained(folder)
     tiny_tokenizer(folder).save_pretrained(folder)
-    built = (
+    return (
         Circuit("exits", {"min_entity_f1": 0.9})
         .add("exit1", EarlyExit(mamabear="mamabear", layer=1, epochs=5))
         .add("exit2", EarlyExit(mamabear="mamabear", layer=2, epochs=5))
@@ -36,6 +37,11 @@ def circuit(tmp_path_factory: pytest.TempPathFactory) -> Circuit:
         .connect("exit1", "exit2")
         .connect("exit2", "mamabear")
     )
+
+
+@pytest.fixture(scope="module")
+def circuit(tmp_path_factory: pytest.TempPathFactory) -> Circuit:
+    built = exit_circuit(tmp_path_factory.mktemp("tiny-bert"))
     built.fit(sentences(400, seed=3), progress=False)
     # thresholds that send some texts on from each exit, whatever the tiny model's gates learned
     scores = built.heldout_.run.scores
