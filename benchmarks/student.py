@@ -78,7 +78,7 @@ def tokenizer_ceiling(node: TransformerTagger, texts: Sequence[str], refs: Seque
     """The best F1 a word-level student can reach: the mamabear's spans projected onto the tokenizer's words
     (an entity that ends inside a word, like '600' in '£600m', cannot be matched exactly)."""
     from babybear.nodes import _align
-    from babybear.nodes.transformer import _word_targets
+    from babybear.nodes._student_training import _word_targets
 
     label2id = {label: i for i, label in enumerate(node.labels_)}
     preds = []

@@ -37,7 +37,8 @@ from babybear.node import Node, Params
 from babybear.records import clean_text
 from babybear.types import Prediction
 from babybear.nodes import _align, _layers
-from babybear.nodes.transformer import _transitions, fit_temperature, top_label_calibration_error
+from babybear.nodes._calibration import fit_temperature, top_label_calibration_error
+from babybear.nodes.transformer import _transitions
 
 _FORMAT = 1
 _CONFIG_FILE = "early_exit.json"

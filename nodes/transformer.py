@@ -7,18 +7,18 @@ Hinton-style). Its probabilities are temperature-scaled on held-out warm-up data
 The default encoder, all-MiniLM-L6-v2, is uncased; casing matters for NER, so a small learned embedding of each
 token's shape (``Xx``, ``XX``, ``d``, ...) is added to the input embeddings. Torch, transformers, tokenizers and
 onnxruntime are imported only when the node is used, so reading a circuit stays cheap.
+
+This module is the node: its parameters, tokens and windows, the torch module, inference and decoding, and its
+folder (``to_disk``/``from_disk``). How it learns is in ``_student_training.py``; its ONNX export, int8
+quantization and onnxruntime session in ``_student_export.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import shutil
 import tempfile
-import time
 import unicodedata
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -30,11 +30,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from babybear.errors import ArtifactError, BabybearError, NotFittedError
-from babybear.metrics import expected_calibration_error
 from babybear.node import Node, Params
 from babybear.records import clean_text
-from babybear.types import Prediction, Span
-from babybear.nodes import _align
+from babybear.types import Prediction
+from babybear.nodes import _align, _student_export, _student_training
 from babybear.nodes.models import torch_dtype
 
 #: Word shapes the student sees next to the (lower-cased) subword ids; index 0 is for special and padding tokens.
@@ -114,26 +113,6 @@ def _stride_from_step(step: int, max_length: int) -> int:
     return min(max(max_length - 2 - step, 0), max_length // 2)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _graphs_belong(path: Path, saved: dict[str, Any]) -> bool:
-    """Whether the folder's ONNX graphs are those student.json lists (``saved``), as written with its weights:
-    a graph of another save, or a folder without a list (format 2), would serve other weights."""
-    graphs = saved.get("graphs") or {}
-    on_disk = {p.name for p in path.glob("model*.onnx")}
-    if "model.onnx" not in graphs or on_disk != set(graphs):
-        return False
-    if saved.get("weights_sha256") != _sha256(path / _WEIGHTS_FILE):
-        return False
-    return all(_sha256(path / name) == digest for name, digest in graphs.items())
-
-
 # Where a saved student takes these from the caller rather than the folder: how to run, not what was learned.
 _RUNTIME_PARAMS = ("device", "dtype", "runtime", "quantize_int8", "batch_size")
 
@@ -171,90 +150,6 @@ def _tidy_offsets(text: str, start: int, end: int) -> tuple[int, int]:
     while 0 < end < len(text) and unicodedata.combining(text[end]):
         end += 1
     return start, end
-
-
-def bio_labels(references: Sequence[Prediction]) -> list[str]:
-    """``O`` plus ``B-``/``I-`` for every entity type in the mamabear's spans and token distributions."""
-    types = {s.label for p in references for s in p.spans}
-    for p in references:
-        for _, _, dist in p.token_probs or ():
-            types.update(tag.partition("-")[2] for tag in dist if tag != "O")
-    types.discard("")
-    return ["O"] + [f"{prefix}-{t}" for t in sorted(types) for prefix in ("B", "I")]
-
-
-def _word_targets(enc: _Encoded, spans: Sequence[Span], label2id: dict[str, int]) -> np.ndarray:
-    """A label id on each word's first token (``B-`` on the first word a span touches, ``I-`` after), -100 elsewhere."""
-    targets = np.full(len(enc.ids), -100, dtype=np.int64)
-    spans = sorted(spans)
-    j, prev = 0, -1
-    for first, ws, we in enc.words():
-        while j < len(spans) and spans[j].end <= ws:
-            j += 1
-        if j < len(spans) and spans[j].start < we:
-            targets[first] = label2id[("I-" if j == prev else "B-") + spans[j].label]
-            prev = j
-        else:
-            targets[first] = label2id["O"]
-            prev = -1
-    return targets
-
-
-def _soft_targets(
-    enc: _Encoded, token_probs: Sequence[tuple[int, int, dict[str, float]]], label2id: dict[str, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The mamabear's distribution on each word whose start matches one of its tokens', and where there is one."""
-    by_start = {s: dist for s, _, dist in token_probs}
-    soft = np.zeros((len(enc.ids), len(label2id)), dtype=np.float32)
-    mask = np.zeros(len(enc.ids), dtype=bool)
-    for first, ws, _ in enc.words():
-        dist = by_start.get(ws)
-        if not dist:
-            continue
-        for tag, p in dist.items():
-            if tag in label2id:
-                soft[first, label2id[tag]] = p
-        total = soft[first].sum()
-        if total > 0:
-            soft[first] /= total
-            mask[first] = True
-    return soft, mask
-
-
-def restart_rate(encs: Sequence[_Encoded], reference: Sequence[Prediction], label2id: dict[str, int]) -> float:
-    """How often a word right after an ``X`` entity starts a new ``X`` entity rather than continuing it, in the
-    mamabear's labels (add-one smoothed): the one learned score of :func:`_align.bio_transitions`."""
-    id2label = {i: label for label, i in label2id.items()}
-    restarts = continues = 0
-    for enc, ref in zip(encs, reference):
-        targets = _word_targets(enc, [s for s in ref.spans if f"B-{s.label}" in label2id], label2id)
-        tags = [id2label[int(t)] for t in targets if t != -100]
-        for a, b in zip(tags[:-1], tags[1:]):
-            if a != "O" and b != "O" and a[2:] == b[2:]:
-                restarts += b.startswith("B-")
-                continues += b.startswith("I-")
-    return (restarts + 1) / (restarts + continues + 2)
-
-
-def top_label_calibration_error(probs: np.ndarray, labels: np.ndarray) -> float:
-    """ECE of the top label's probability over 15 equal-width bins (``probs``: (n, k); ``labels``: (n,))."""
-    return expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins=15)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising the negative log-likelihood of ``labels`` under softmax(logits / T)."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import logsumexp
-
-    if len(labels) == 0:
-        return 1.0
-
-    def nll(log_t: float) -> float:
-        z = logits / math.exp(log_t)
-        return float((logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]).mean())
-
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
-    return float(math.exp(res.x))
 
 
 def _encoder_path(encoder: str) -> str:
@@ -321,18 +216,6 @@ def _student_class() -> type:
     return Student
 
 
-def _length_bucketed(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of indices whose members have similar lengths (less padding on CPU)."""
-    order = rng.permutation(len(lengths))
-    pool = batch_size * 50
-    batches = []
-    for i in range(0, len(order), pool):
-        chunk = sorted(order[i : i + pool], key=lambda k: lengths[k])
-        batches += [np.array(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 class TransformerTagger(Node):
     """A small transformer token classifier distilled from the mamabear (registered as
     ``babybear.TransformerTagger.v1``).
@@ -370,7 +253,7 @@ class TransformerTagger(Node):
                 self._encoder_config(_encoder_path(self.params.encoder))  # a bad depth fails before any warm-up work
             return
         if self.params.runtime == "onnx" and self._session is None:
-            self._session = self._open_onnx_session()
+            self._session = _student_export.open_session(self)
         elif self.params.runtime == "torch":
             self.model_.to(self._torch_device()).eval()
 
@@ -387,193 +270,14 @@ class TransformerTagger(Node):
             return "gpu" if on_gpu else "cpu"
         return "gpu" if self._torch_device() == "cuda" else "cpu"
 
-    # -- training --------------------------------------------------------------------------------------------
+    # -- training (nodes/_student_training.py) -------------------------------------------------------------------
     def fit(self, texts: Sequence[str], reference: Sequence[Prediction]) -> TransformerTagger:
         """Fine-tune on the mamabear's answers; early-stop on held-out exact-sentence agreement; calibrate."""
-        import torch
-        from tqdm.auto import tqdm
-
-        if len(texts) != len(reference):
-            raise BabybearError(
-                f"TransformerTagger.fit got {len(texts)} texts but {len(reference)} reference predictions"
-            )
-        p = self.params
-        started = time.perf_counter()
-        torch.manual_seed(p.seed)
-        rng = np.random.default_rng(p.seed)
-        self._load_pretrained_tokenizer()
-        self._session, self._onnx_dir, self._tmp = None, None, None  # ONNX graphs of an earlier model are stale
-        self.labels_ = bio_labels(reference)
-        label2id = {label: i for i, label in enumerate(self.labels_)}
-        self.temperature_ = 1.0
-        self.model_ = self._build_model(pretrained=True)
-        device = self._torch_device()
-        self.model_.to(device)
-
-        order = rng.permutation(len(texts))
-        n_held = min(max(1, round(0.1 * len(texts))), len(texts) - 1) if len(texts) > 1 else 0
-        held, train = sorted(order[:n_held]), sorted(order[n_held:])
-        encs = self._encode(texts)
-        examples = self._training_examples([encs[i] for i in train], [reference[i] for i in train], label2id)
-        held_encs = [encs[i] for i in held]
-        held_ref = [reference[i] for i in held]
-        self.restart_rate_ = restart_rate([encs[i] for i in train], [reference[i] for i in train], label2id)
-
-        trainable = [w for w in self.model_.parameters() if w.requires_grad]  # the word embeddings are frozen
-        optimizer = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=0.01)
-        steps = p.epochs * math.ceil(len(examples) / p.batch_size)
-        warmup = max(1, steps // 10)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-        )
-        scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and self._amp_dtype() == torch.float16)
-        lengths = [len(ex["input_ids"]) for ex in examples]
-        history: list[float] = []
-        best_state, best, stale = None, -1.0, 0
-        for epoch in range(p.epochs):
-            self.model_.train()
-            batches = _length_bucketed(lengths, p.batch_size, rng)
-            for idx in tqdm(batches, desc=f"student epoch {epoch + 1}/{p.epochs}", unit="batch", disable=None):
-                self._step(self._collate_training([examples[k] for k in idx], device), optimizer, scaler)
-                schedule.step()
-            if not held_encs:
-                continue
-            agreement = self._agreement(held_encs, held_ref)
-            history.append(agreement)
-            if agreement > best:
-                best, stale = agreement, 0
-                best_state = {k: v.detach().clone() for k, v in self.model_.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= p.early_stopping_patience:
-                    break
-        if best_state is not None:
-            self.model_.load_state_dict(best_state)
-        self.model_.eval()
-        self._calibrate(held_encs, held_ref)
-        self.report_.update(
-            n_train_texts=len(train),
-            n_heldout_texts=len(held),
-            n_train_windows=len(examples),
-            heldout_agreement_per_epoch=history,
-            heldout_agreement=best if history else None,
-            epochs_run=len(history) if history else p.epochs,
-            train_seconds=time.perf_counter() - started,
-        )
-        return self
-
-    def _step(self, batch: dict[str, Any], optimizer: Any, scaler: Any) -> None:
-        """One optimisation step (mixed precision on CUDA, gradients clipped to norm 1)."""
-        import torch
-
-        with self._autocast():
-            loss = self._loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([w for group in optimizer.param_groups for w in group["params"]], 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-
-    def _training_examples(
-        self, encs: Sequence[_Encoded], reference: Sequence[Prediction], label2id: dict[str, int]
-    ) -> list[dict[str, np.ndarray]]:
-        """One example per token window: model inputs, hard targets and (where given) soft targets."""
-        size = self.params.max_length - 2
-        examples = []
-        for enc, ref in zip(encs, reference):
-            targets = _word_targets(enc, ref.spans, label2id)
-            soft = _soft_targets(enc, ref.token_probs, label2id) if ref.token_probs else None
-            for s, e in _align.token_windows(len(enc.ids), size, size - self.params.stride):
-                if e <= s:
-                    continue
-                ex = self._inputs(enc, s, e)
-                ex["targets"] = np.concatenate([[-100], targets[s:e], [-100]])
-                if soft is not None:
-                    pad = np.zeros((1, len(label2id)), dtype=np.float32)
-                    ex["soft"] = np.concatenate([pad, soft[0][s:e], pad])
-                    ex["soft_mask"] = np.concatenate([[False], soft[1][s:e], [False]])
-                examples.append(ex)
-        return examples
-
-    def _collate_training(self, examples: Sequence[dict[str, np.ndarray]], device: str) -> dict[str, Any]:
-        import torch
-
-        batch = {k: torch.from_numpy(v).to(device) for k, v in self._pad(examples).items()}
-        n = batch["input_ids"].shape[1]
-        targets = np.full((len(examples), n), -100, dtype=np.int64)
-        for row, ex in enumerate(examples):
-            targets[row, : len(ex["targets"])] = ex["targets"]
-        batch["targets"] = torch.from_numpy(targets).to(device)
-        if any("soft" in ex for ex in examples):
-            soft = np.zeros((len(examples), n, len(self.labels_)), dtype=np.float32)
-            mask = np.zeros((len(examples), n), dtype=bool)
-            for row, ex in enumerate(examples):
-                if "soft" in ex:
-                    soft[row, : len(ex["soft"])] = ex["soft"]
-                    mask[row, : len(ex["soft_mask"])] = ex["soft_mask"]
-            batch["soft"] = torch.from_numpy(soft).to(device)
-            batch["soft_mask"] = torch.from_numpy(mask).to(device)
-        return batch
-
-    def _loss(self, batch: dict[str, Any]) -> Any:
-        """Cross-entropy on hard labels, mixed with temperature-softened KL to the mamabear where it gave any."""
-        import torch.nn.functional as F
-
-        soft, mask = batch.pop("soft", None), batch.pop("soft_mask", None)
-        targets = batch.pop("targets")
-        logits = self.model_(**batch).float()
-        hard = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        if soft is None or not mask.any():
-            return hard
-        t = self.params.distill_temperature
-        teacher = soft[mask].clamp_min(1e-8) ** (1 / t)
-        teacher = teacher / teacher.sum(-1, keepdim=True)
-        kl = F.kl_div(F.log_softmax(logits[mask] / t, -1), teacher, reduction="batchmean") * t * t
-        w = self.params.soft_weight
-        return (1 - w) * hard + w * kl
-
-    def _agreement(self, encs: Sequence[_Encoded], reference: Sequence[Prediction]) -> float:
-        """Fraction of texts whose decoded spans equal the mamabear's exactly."""
-        self.model_.eval()
-        preds = self._decode(encs, self._logits(encs))
-        return float(np.mean([p.spans == r.spans for p, r in zip(preds, reference)]))
-
-    def _calibration_data(
-        self, encs: Sequence[_Encoded], reference: Sequence[Prediction]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and the mamabear's label on every word's first token, over all texts."""
-        label2id = {label: i for i, label in enumerate(self.labels_)}
-        zs, ys = [np.zeros((0, len(self.labels_)), dtype=np.float32)], [np.zeros(0, dtype=np.int64)]
-        for enc, ref, logits in zip(encs, reference, self._logits(encs)):
-            targets = _word_targets(enc, [s for s in ref.spans if f"B-{s.label}" in label2id], label2id)
-            keep = targets != -100
-            zs.append(logits[keep])
-            ys.append(targets[keep])
-        return np.concatenate(zs), np.concatenate(ys)
-
-    def _calibrate(self, encs: Sequence[_Encoded], reference: Sequence[Prediction]) -> None:
-        """Fit the temperature on held-out first-subword tokens; record ECE before and after."""
-        z, y = self._calibration_data(encs, reference)
-        self.temperature_ = fit_temperature(z, y)
-        self.report_ = {
-            "temperature": self.temperature_,
-            "calibration_tokens": int(len(y)),
-            "ece_before": top_label_calibration_error(_align.softmax(z), y),
-            "ece_after": top_label_calibration_error(_align.softmax(z / self.temperature_), y),
-        }
+        return _student_training.fit(self, texts, reference)
 
     def calibration_error(self, texts: Sequence[str], reference: Sequence[Prediction]) -> dict[str, float]:
         """ECE of the word probabilities against the mamabear on ``texts``, without and with the temperature."""
-        if not self.is_fitted:
-            raise NotFittedError("TransformerTagger is not fitted: call fit() or from_disk() first")
-        self.warm_up()
-        z, y = self._calibration_data(self._encode(texts), reference)
-        return {
-            "ece_unscaled": top_label_calibration_error(_align.softmax(z), y),
-            "ece_scaled": top_label_calibration_error(_align.softmax(z / self.temperature_), y),
-            "tokens": float(len(y)),
-        }
+        return _student_training.calibration_error(self, texts, reference)
 
     # -- inference -------------------------------------------------------------------------------------------
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
@@ -726,72 +430,10 @@ class TransformerTagger(Node):
             return nullcontext()
         return torch.autocast(device, dtype=dtype)
 
-    # -- ONNX ------------------------------------------------------------------------------------------------
+    # -- ONNX (nodes/_student_export.py) -------------------------------------------------------------------------
     def export_onnx(self, path: str | Path) -> Path:
         """Write the fitted student as an ONNX graph (inputs as :meth:`_pad` builds them; output ``logits``)."""
-        import torch
-
-        if not self.is_fitted:
-            raise NotFittedError("TransformerTagger is not fitted: nothing to export")
-        path = Path(path)
-        model = self.model_.to("cpu").eval()
-        sample = self._pad([self._inputs(enc, 0, len(enc.ids)) for enc in self._encode(["An Export sample, 2024."])])
-        names = list(sample)
-        axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "logits"]}
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes about shapes that are dynamic axes here anyway
-            torch.onnx.export(
-                model,
-                tuple(torch.from_numpy(v) for v in sample.values()),
-                str(path),
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes=axes,
-                opset_version=17,
-                dynamo=False,
-            )
-        if self.params.runtime == "torch":
-            model.to(self._torch_device())
-        return path
-
-    def _scratch(self) -> Path:
-        """This node's own temporary folder, for the ONNX graphs it makes: never the folder it was loaded from,
-        which may be read-only."""
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="babybear-student-")
-        return Path(self._tmp.name)
-
-    def _onnx_graphs(self) -> list[Path]:
-        """The ONNX graphs this node runs: fp32, then int8 when asked; made in the scratch folder if not on disk."""
-        if self._onnx_dir is None:
-            self._onnx_dir = self._scratch()
-        fp32 = self._onnx_dir / "model.onnx"
-        if not fp32.exists():
-            self.export_onnx(fp32)
-        if not self.params.quantize_int8:
-            return [fp32]
-        int8 = self._onnx_dir / "model.int8.onnx"
-        if not int8.exists():
-            int8 = self._scratch() / "model.int8.onnx"
-        if not int8.exists():
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-        return [fp32, int8]
-
-    def _open_onnx_session(self) -> Any:
-        """An onnxruntime session (CUDA first unless device is cpu) using as many threads as torch does."""
-        import onnxruntime
-        import torch
-
-        available = onnxruntime.get_available_providers()
-        wanted = ["CPUExecutionProvider"] if self.params.device == "cpu" else ["CUDAExecutionProvider"]
-        providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        return onnxruntime.InferenceSession(
-            str(self._onnx_graphs()[-1]), options, providers=list(dict.fromkeys(providers))
-        )
+        return _student_export.export_onnx(self, path)
 
     # -- persistence -----------------------------------------------------------------------------------------
     def to_disk(self, path: Path) -> None:
@@ -807,10 +449,10 @@ class TransformerTagger(Node):
         self.model_.encoder.config.to_json_file(str(path / "config.json"))
         self._tokenizer.save(str(path / _TOKENIZER_FILE))
         graphs: dict[str, str] = {}  # file name -> sha256
-        for src in self._onnx_graphs() if self.params.runtime == "onnx" else []:
+        for src in _student_export.onnx_graphs(self) if self.params.runtime == "onnx" else []:
             if not (path / src.name).exists() or not (path / src.name).samefile(src):
                 shutil.copyfile(src, path / src.name)
-            graphs[src.name] = _sha256(path / src.name)
+            graphs[src.name] = _student_export.sha256(path / src.name)
         for stale in path.glob("model*.onnx"):
             if stale.name not in graphs:
                 stale.unlink()
@@ -823,7 +465,7 @@ class TransformerTagger(Node):
             "shape_vocab": list(SHAPES),
             "special_token_ids": self._special,
             "report": self.report_,
-            "onnx": {"weights_sha256": _sha256(path / _WEIGHTS_FILE), "graphs": graphs},
+            "onnx": {"weights_sha256": _student_export.sha256(path / _WEIGHTS_FILE), "graphs": graphs},
         }
         (path / _CONFIG_FILE).write_text(json.dumps(config, indent=2))  # last: it names what belongs together
 
@@ -858,6 +500,9 @@ class TransformerTagger(Node):
         load_model(self.model_, str(path / _WEIGHTS_FILE))
         self.model_.eval()
         self._session, self._tmp = None, None
-        use_saved = self.params.runtime == "onnx" and _graphs_belong(path, config.get("onnx") or {})
+        saved_graphs = config.get("onnx") or {}
+        use_saved = self.params.runtime == "onnx" and _student_export.graphs_belong(
+            path, saved_graphs, path / _WEIGHTS_FILE
+        )
         self._onnx_dir = path if use_saved else None  # otherwise exported afresh on first use
         return self

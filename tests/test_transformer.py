@@ -22,7 +22,8 @@ from babybear.errors import ArtifactError, BabybearError, NotFittedError  # noqa
 from babybear.metrics import entity_f1  # noqa: E402
 from babybear.types import Prediction, Span  # noqa: E402
 from babybear.nodes import _align  # noqa: E402
-from babybear.nodes.transformer import SHAPES, TransformerTagger, _word_targets, restart_rate, word_shape_id  # noqa: E402
+from babybear.nodes._student_training import _word_targets, restart_rate  # noqa: E402
+from babybear.nodes.transformer import SHAPES, TransformerTagger, word_shape_id  # noqa: E402
 from tests.conftest import ODD_TEXTS, Labelled, variant  # noqa: E402
 
 SHORT_ODD = [t for t in ODD_TEXTS if len(t) < 1000]
