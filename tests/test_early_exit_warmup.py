@@ -126,3 +126,18 @@ def test_a_tap_on_a_node_other_than_the_mamabear_is_a_clear_error():
     assert CapsMamabear().predict_with_state(["a"])[1] == [None]
     with pytest.raises(BabybearError, match="can keep nothing"):
         CapsMamabear().keep({"exit": {"layers": [1]}})
+
+
+def test_the_exit_rules_run_on_a_fitted_circuits_tuning_rows(warmed):
+    from babybear import Budget
+    from babybear.tuning.exit_rules import compare, exit_edges
+
+    run = warmed["circuit"].heldout_.tuning
+    assert exit_edges(run) == [("exit1", "exit2"), ("exit2", "mamabear")]  # found from the circuit's covers
+    out = compare(run, Budget(min_entity_f1=0.9, confidence=0.9))
+    shared = out["shared_threshold"]
+    assert shared.thresholds[("exit1", "exit2")] == shared.thresholds[("exit2", "mamabear")] == shared.setting["threshold"]
+    assert out["patience"].setting["patience"] in (1, None)
+    for rule in out.values():
+        assert 0 < rule.cost_fraction <= 1 + 1e-9
+        assert rule.f1 >= 0.9  # the chosen setting meets the budget on these rows (or is the safe one, F1 1)
