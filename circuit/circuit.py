@@ -112,19 +112,19 @@ class Circuit(Structure):
         circuit_seconds = time.perf_counter() - start
         mama = self.mamabear
         start = time.perf_counter()
-        chunks = [split_text(text) for text in texts]
-        units = [text[s:e] for text, parts in zip(texts, chunks) for s, e, _, _ in parts]
+        bounds = [split_text(text) for text in texts]
+        units = [text[s:e] for text, text_bounds in zip(texts, bounds) for s, e, _, _ in text_bounds]
         ref_units = self._predict(mama, units, batch_size, progress)
         mama_seconds = time.perf_counter() - start
         ref, k = [], 0
-        for parts in chunks:
-            ref.append(stitch_spans(parts, [p.spans for p in ref_units[k : k + len(parts)]]))
-            k += len(parts)
+        for text_bounds in bounds:
+            ref.append(stitch_spans(text_bounds, [p.spans for p in ref_units[k : k + len(text_bounds)]]))
+            k += len(text_bounds)
         answered = {n: 0 for n in self.topology.order}
         for a in answers:
             answered[a.node] += 1
         # the calls hide that the hard texts are the long ones: tokens (whitespace words) of the texts the
-        # mamabear answered (a long text counts whole when it answered any of its chunks)
+        # mamabear answered (a long text counts whole when it answered any of its units)
         tokens = np.array([n_tokens(t) for t in texts])
         to_mama = np.array([a.node == mama for a in answers], dtype=bool)
         report: dict[str, Any] = {

@@ -79,13 +79,14 @@ def _check_not_one_text(texts: Iterable[str]) -> None:
 
 
 def text_answer(
-    text: str, chunks: Sequence[tuple[int, int, int, int]], units: Sequence[tuple[Sequence[Span], str, float | None]], rank: dict[str, int], text_id: str | None
+    text: str, bounds: Sequence[tuple[int, int, int, int]], units: Sequence[tuple[Sequence[Span], str, float | None]], rank: dict[str, int], text_id: str | None
 ) -> Answer:
-    """One text's answer from its units' (spans, exit node, confidence), in chunk order: the node latest in
-    topological order that answered a unit answers for the text, at the lowest confidence of its units there."""
+    """One text's answer from its units' (spans, exit node, confidence), in the order of their ``bounds``: the node
+    latest in topological order that answered a unit answers for the text, at the lowest confidence of its units
+    there."""
     node = max((exit_ for _, exit_, _ in units), key=rank.__getitem__) if units else None
     scores = [c for _, exit_, c in units if exit_ == node and c is not None]
-    spans = stitch_spans(chunks, [spans for spans, _, _ in units])
+    spans = stitch_spans(bounds, [spans for spans, _, _ in units])
     return Answer(text, spans, node, text_id, min(scores) if scores else None)
 
 
@@ -353,14 +354,14 @@ class Scheduler:
             if not isinstance(t, str):
                 raise BabybearError(f"text {ids[i] if ids else i!r} is {type(t).__name__}, not str")
         names = [str(first + i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
-        units, unit_ids, chunks = [], [], []
+        units, unit_ids, bounds = [], [], []
         per_text: list[list[int]] = []
         for i, text in enumerate(texts):
-            parts = split_text(text)
-            chunks.append(parts)
-            per_text.append(list(range(len(units), len(units) + len(parts))))
-            units += [text[s:e] for s, e, _, _ in parts]
-            unit_ids += [names[i]] * len(parts)
+            text_bounds = split_text(text)
+            bounds.append(text_bounds)
+            per_text.append(list(range(len(units), len(units) + len(text_bounds))))
+            units += [text[s:e] for s, e, _, _ in text_bounds]
+            unit_ids += [names[i]] * len(text_bounds)
         rank = {n: k for k, n in enumerate(self.circuit.topology.order)}
 
         def finish(routed: Routed) -> list[Answer]:
@@ -373,7 +374,7 @@ class Scheduler:
                     answers.append(Answer(text, (), error.node, text_id, error=str(error)))
                     continue
                 units = [(routed.spans[u], routed.exits[u], routed.confidences[u]) for u in us]
-                answers.append(text_answer(text, chunks[i], units, rank, text_id))
+                answers.append(text_answer(text, bounds[i], units, rank, text_id))
             return answers
 
         return _Job(self.route_steps(units, unit_ids), finish=finish)
@@ -397,10 +398,10 @@ class Scheduler:
         ids_it = iter(ids) if ids is not None else None
         in_flight: deque[_Job] = deque()
         first, size, clock = 0, min(chunk, FIRST_CHUNK), time.perf_counter()
-        while part := list(itertools.islice(texts_it, size)):
-            part_ids = list(itertools.islice(ids_it, len(part))) if ids_it is not None else None
-            job = self._job(part, part_ids, first)
-            first += len(part)
+        while chunk_texts := list(itertools.islice(texts_it, size)):
+            chunk_ids = list(itertools.islice(ids_it, len(chunk_texts))) if ids_it is not None else None
+            job = self._job(chunk_texts, chunk_ids, first)
+            first += len(chunk_texts)
             self._advance(job)
             in_flight.append(job)
             if len(in_flight) == 2:

@@ -16,7 +16,7 @@ from .heldout import Heldout
 from .metrics import entity_f1
 from .tuning.optimizer import check_budget
 from .scheduler import NodeRun, Scheduler
-from .text import n_tokens, pieces
+from .text import n_tokens, units_of
 from .types import Prediction
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def fit(
     circuit.validate()
     if len(fractions) != 3 or min(fractions) < 0 or fractions[1] <= 0 or fractions[2] <= 0 or sum(fractions) > 1 + 1e-9:
         raise BabybearError(f"fractions (train, calibration, tuning) must be >= 0 with calibration and tuning > 0 and a sum <= 1, got {fractions}")
-    units = list(dict.fromkeys(u for t in texts for u in pieces(t)))
+    units = list(dict.fromkeys(u for t in texts for u in units_of(t)))
     if len(units) < 20:
         raise BabybearError(f"warm-up needs at least 20 distinct non-blank texts, got {len(units)}")
     blocks = [units[i : i + block] for i in range(0, len(units), max(block, 1))]

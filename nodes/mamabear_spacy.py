@@ -1,8 +1,8 @@
 """A spaCy pipeline's named entity recognizer as the mamabear (``en_core_web_md`` by default).
 
 Only the ``ner`` component and the components it listens to run. Texts longer than ``max_chars`` are cut into
-overlapping pieces and stitched back with the engine's own :func:`babybear.text.split_text` /
-:func:`babybear.text.stitch_spans`, so an entity near a cut is taken from the piece that sees it whole.
+overlapping windows and stitched back with the engine's own :func:`babybear.text.split_text` /
+:func:`babybear.text.stitch_spans`, so an entity near a cut is taken from the window that sees it whole.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from babybear.types import Prediction, Span
 
 from .models import resolve, spacy_pipeline
 
-_OVERLAP_CHARS = 1_000  # context shared by neighbouring pieces of a long text (at most a quarter of a piece)
+_OVERLAP_CHARS = 1_000  # context shared by neighbouring windows of a long text (at most a quarter of a window)
 
 
 class SpacyNER(Node):
@@ -31,7 +31,7 @@ class SpacyNER(Node):
         model: str = Field("en_core_web_md", description="an offline alias, an installed spaCy pipeline package, or a pipeline folder")
         batch_size: int = Field(256, ge=1, description="texts per nlp.pipe batch")
         labels: list[str] | None = Field(None, description="keep only these labels (default: all)")
-        max_chars: int = Field(100_000, ge=100, description="longer texts are processed in overlapping pieces")
+        max_chars: int = Field(100_000, ge=100, description="longer texts are processed in overlapping windows")
 
     role: ClassVar[Literal["babybear", "mamabear"]] = "mamabear"
     params: SpacyNER.Params
@@ -85,15 +85,15 @@ class SpacyNER(Node):
         self.warm_up()
         size = min(self.params.max_chars, self._nlp.max_length)
         overlap = min(_OVERLAP_CHARS, size // 4)
-        chunks = [split_text(text, size, overlap) for text in texts]
+        windows = [split_text(text, size, overlap) for text in texts]
         docs = self._nlp.pipe(  # a lone surrogate, which spaCy cannot hash, becomes U+FFFD (offsets keep)
-            (clean_text(text[s:e]) for text, cs in zip(texts, chunks) for s, e, _, _ in cs),
+            (clean_text(text[s:e]) for text, ws in zip(texts, windows) for s, e, _, _ in ws),
             batch_size=self.params.batch_size,
         )
         labels = set(self.params.labels) if self.params.labels is not None else None
         out = []
-        for cs in chunks:
-            found = [[Span(e.start_char, e.end_char, e.label_) for e in next(docs).ents] for _ in cs]
-            spans = [span for span in stitch_spans(cs, found) if labels is None or span.label in labels]
+        for ws in windows:
+            found = [[Span(e.start_char, e.end_char, e.label_) for e in next(docs).ents] for _ in ws]
+            spans = [span for span in stitch_spans(ws, found) if labels is None or span.label in labels]
             out.append(Prediction(spans=tuple(spans), evidence={"n_spans": float(len(spans))}))
         return out

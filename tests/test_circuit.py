@@ -99,14 +99,14 @@ def test_long_text_is_split_and_no_entity_is_lost_at_a_cut(fitted):
 
 def test_split_cores_tile_the_text_and_overlap_protects_spans():
     text = ("abc " * 1500).strip()
-    chunks = split_text(text, 2000, 200)
-    assert chunks[0][2] == 0 and chunks[-1][3] == len(text)
-    assert all(a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
-    assert all(e - s <= 2000 for s, e, _, _ in chunks)
-    for s, e, cs, ce in chunks:  # every entity of length < 100 starting in a core lies inside its chunk
+    bounds = split_text(text, 2000, 200)
+    assert bounds[0][2] == 0 and bounds[-1][3] == len(text)
+    assert all(a[3] == b[2] for a, b in zip(bounds, bounds[1:]))
+    assert all(e - s <= 2000 for s, e, _, _ in bounds)
+    for s, e, cs, ce in bounds:  # every entity of length < 100 starting in a core lies inside its cut
         assert s <= cs and ce + 100 <= e or ce == len(text)
-    spans = [[Span(cs - s, cs - s + 3, "X")] for s, e, cs, ce in chunks]
-    assert len(stitch_spans(chunks, spans)) == len(chunks)
+    spans = [[Span(cs - s, cs - s + 3, "X")] for s, e, cs, ce in bounds]
+    assert len(stitch_spans(bounds, spans)) == len(bounds)
 
 
 @settings(max_examples=200, deadline=None)
@@ -114,9 +114,9 @@ def test_split_cores_tile_the_text_and_overlap_protects_spans():
 def test_long_words_never_shrink_the_overlap(word_lengths, space):
     """Whatever the words (URLs, base64 ...), an entity shorter than overlap // 2 starting in a core is whole."""
     text = space.join("x" * n for n in word_lengths)
-    chunks = split_text(text, 500, 80)
-    assert chunks[0][2] == 0 and chunks[-1][3] == len(text)
-    for (s, e, cs, ce), (s2, _, cs2, _) in zip(chunks, chunks[1:]):
+    bounds = split_text(text, 500, 80)
+    assert bounds[0][2] == 0 and bounds[-1][3] == len(text)
+    for (s, e, cs, ce), (s2, _, cs2, _) in zip(bounds, bounds[1:]):
         assert ce == cs2 and s < s2 and e - s2 >= 80 and e - s <= 500
         assert ce + 40 <= e
 
@@ -124,9 +124,9 @@ def test_long_words_never_shrink_the_overlap(word_lengths, space):
 @pytest.mark.parametrize("space", [" ", "\n", "\t"])
 def test_long_texts_are_cut_at_any_whitespace_not_inside_words(space):
     text = space.join(f"word{i}" for i in range(1500))
-    chunks = split_text(text, 2000, 200)
-    assert len(chunks) > 1
-    for s, e, _, _ in chunks:
+    bounds = split_text(text, 2000, 200)
+    assert len(bounds) > 1
+    for s, e, _, _ in bounds:
         assert (s == 0 or text[s - 1] == space) and (e == len(text) or text[e] == space)
 
 

@@ -148,8 +148,8 @@ class MamabearStage:
         rows = [json.loads(r) for r in batch.column("row").to_pylist()]
         todo = []
         for row in rows:
-            chunks = split_text(row["text"])
-            todo += [(row["text"][s:e], str(row["id"]), unit) for (s, e, _, _), unit in zip(chunks, row["units"]) if unit["node"] == self.name]
+            bounds = split_text(row["text"])
+            todo += [(row["text"][s:e], str(row["id"]), unit) for (s, e, _, _), unit in zip(bounds, row["units"]) if unit["node"] == self.name]
         with Scheduler(self.circuit, self.batch_size) as scheduler:
             run = scheduler.predict(self.name, [t for t, _, _ in todo], [i for _, i, _ in todo])
         for k, ((_, _, unit), pred) in enumerate(zip(todo, run.preds, strict=True)):
@@ -166,8 +166,8 @@ class MamabearStage:
         if failed:
             out = {**Answer(row["text"], (), failed["node"], row["id"]).to_dict(), "failure": failed["failure"]}
         else:
-            parts = [([Span(*s) for s in u["spans"]], u["node"], u["confidence"]) for u in units]
-            out = text_answer(row["text"], split_text(row["text"]), parts, self.rank, row["id"]).to_dict()
+            answered = [([Span(*s) for s in u["spans"]], u["node"], u["confidence"]) for u in units]
+            out = text_answer(row["text"], split_text(row["text"]), answered, self.rank, row["id"]).to_dict()
         if row["error"]:
             out["error"] = row["error"]
         return out

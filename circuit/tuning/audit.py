@@ -32,7 +32,7 @@ from ..heldout import Heldout
 from ..metrics import f1, span_counts
 from ..routing import CachedRun
 from ..scheduler import Scheduler
-from ..text import pieces
+from ..text import units_of
 from ..types import Answer, Prediction, Span
 
 N_BOOTSTRAP = 1000
@@ -67,7 +67,7 @@ class Audit:
             by_mamabear = a.node == self.mamabear
             self.answered["mamabear" if by_mamabear else "babybear"] += 1
             self.mamabear_tp += len(a.spans) if by_mamabear else 0
-            if self.rng.random() < self.fraction and len(pieces(a.text)) == 1:
+            if self.rng.random() < self.fraction and len(units_of(a.text)) == 1:
                 self.queue.append((a.text, a.spans, a.node))
         return answers
 
