@@ -32,6 +32,19 @@ class Node(ABC):
     Subclasses set ``Params`` (a :class:`Params` model) and ``role``: ``"babybear"`` nodes learn from the
     mamabear in :meth:`fit`; the single ``"mamabear"`` node is the reference and the circuit's sink.
     ``device`` says where it runs (``"cpu"`` or ``"gpu"``), so the scheduler can overlap them.
+
+    Parameters are declared one way, in the node (gates alike)::
+
+        from babybear.node import Params as NodeParams
+
+        class MyTagger(Node):
+            class Params(NodeParams):  # pydantic fields; unknown names are errors
+                c1: float = Field(0.1, ge=0, description="...")
+
+            params: MyTagger.Params
+
+    Nodes of one family may extend a shared module-level base instead of ``NodeParams`` (the token classifiers'
+    ``TokenClassifierParams``).
     """
 
     Params: ClassVar[type[Params]] = Params

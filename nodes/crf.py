@@ -202,6 +202,8 @@ class CRFTagger(Node):
         gazetteer_folds: int = Field(5, ge=2, description="training texts see a gazetteer built without their own fold")
         split_units: bool = Field(True, description='a number glued to letters ("479m", "1980s") is two tokens')
 
+    params: CRFTagger.Params
+
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         self.model_: bytes | None = None

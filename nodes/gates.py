@@ -10,7 +10,8 @@ import numpy as np
 
 from babybear.errors import NotFittedError
 from babybear.metrics import calibration_report
-from babybear.node import Gate, Params
+from babybear.node import Gate
+from babybear.node import Params as NodeParams
 
 EPS = 1e-6
 
@@ -21,11 +22,13 @@ class CalibratedGate(Gate):
     Scores lie strictly inside (0, 1), so a threshold of 1 sends every sentence on and 0 sends none.
     """
 
-    class Params(Params):
+    class Params(NodeParams):
         """``method``: Platt scaling alone, or followed by isotonic regression; ``C``: inverse L2 strength."""
 
         method: Literal["platt", "isotonic"] = "platt"
         C: float = 1.0
+
+    params: CalibratedGate.Params
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from babybear.errors import BabybearError
-from babybear.node import Node, Params
+from babybear.node import Node
+from babybear.node import Params as NodeParams
 from babybear.records import clean_text
 from babybear.text import split_text, stitch_spans
 from babybear.types import Prediction, Span
@@ -27,7 +28,7 @@ _OVERLAP_CHARS = 1_000  # context shared by neighbouring windows of a long text 
 class SpacyNER(Node):
     """Entity spans from a spaCy pipeline's ``ner`` component. Evidence: ``n_spans``."""
 
-    class Params(Params):
+    class Params(NodeParams):
         model: str = Field("en_core_web_md", description="an offline alias, an installed spaCy pipeline package, or a pipeline folder")
         batch_size: int = Field(256, ge=1, description="texts per nlp.pipe batch")
         labels: list[str] | None = Field(None, description="keep only these labels (default: all)")

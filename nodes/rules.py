@@ -108,6 +108,8 @@ class KeywordTagger(Node):
         keywords: dict[str, list[str]] = Field(default_factory=dict, description="label -> words or phrases")
         case_sensitive: bool = Field(False, description="match keywords with their exact case")
 
+    params: KeywordTagger.Params
+
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         flags = 0 if self.params.case_sensitive else re.IGNORECASE
@@ -158,6 +160,8 @@ class LearnedKeywordTagger(Node):
     class Params(NodeParams):
         n_features: int = Field(2**18, ge=16, description="size of the hashed cue space")
         C: float = Field(1.0, gt=0, description="inverse L2 regularization strength")
+
+    params: LearnedKeywordTagger.Params
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)

