@@ -108,3 +108,23 @@ def test_an_exit_on_a_mamabear_that_is_not_an_hf_model_is_a_clear_error():
     circuit = Circuit("bad").add("exit", EarlyExit(mamabear="mama", layer=1)).add("mama", CapsMamabear()).connect("exit", "mama")
     with pytest.raises(Exception, match="an exit needs a PyTorch HF token classifier"):
         circuit.warm_up()
+
+
+def test_bench_times_the_hf_mamabear_through_transformers_pipeline_beside_the_scheduler_and_the_circuit(circuit, tmp_path):
+    import json
+
+    from babybear.doors.bench import main
+
+    circuit.save(tmp_path / "fitted")
+    texts = sentences(40, seed=11)
+    (tmp_path / "test.txt").write_text("\n".join(texts), encoding="utf-8")
+    out = tmp_path / "bench.json"
+    assert main([str(tmp_path / "fitted"), "--corpus", str(tmp_path / "test.txt"), "--limit", "40", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mamabear"].startswith("HFTokenClassifier(") and report["texts"] == 40
+    modes = report["modes"]
+    assert modes["scheduler"]["entity_f1_vs_mamabear"] == 1.0 and modes["naive"]["texts_per_second"] > 0
+    answered = modes["circuit"]["texts_answered_per_node"]
+    assert sum(answered.values()) == 40
+    to_mama = [t for t, a in zip(texts, circuit(texts)) if a.node == "mamabear"]
+    assert modes["circuit"]["mamabear_tokens_avoided"] == pytest.approx(1 - sum(len(t.split()) for t in to_mama) / sum(len(t.split()) for t in texts))
