@@ -46,9 +46,9 @@ def tune(
         raise BabybearError(f"off: unknown node {', '.join(unknown)}; nodes: {', '.join(circuit.graph)}")
     if circuit.topology.mamabear in off:
         raise BabybearError(f"off: {circuit.topology.mamabear} is the mamabear, which cannot be switched off")
-    anchors = sorted(set(off) & set(circuit.topology.agree_with.values()))
+    anchors = sorted({a for (s, _), a in circuit.topology.agree_with.items() if s not in off} & set(off))
     if anchors:
-        raise BabybearError(f"off: a gate compares with {', '.join(anchors)} (agree_with), so it must stay on")
+        raise BabybearError(f"off: a gate compares with {', '.join(anchors)} (agree_with), so it must stay on while that gate's source is on")
     update = {k: v for k, v in {"min_entity_f1": min_entity_f1, "confidence": confidence}.items() if v is not None}
     if update:
         budget = circuit.budget.model_copy(update=update)
