@@ -207,7 +207,7 @@ def test_a_circuit_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
 
 
 def test_a_directory_is_named_as_one_with_the_circuit_files_in_it(tmp_path):
-    with pytest.raises(BabybearError, match=r"^circuits is a directory, not a circuit file; its circuit files: news-early-exit.yaml, news-student.yaml, news-two-students.yaml, news.yaml, pii.yaml$"):
+    with pytest.raises(BabybearError, match=r"^circuits is a directory, not a circuit file; its circuit files: news-early-exit.yaml, news-student.yaml, news-transformer.yaml, news-two-students.yaml, news.yaml, pii.yaml$"):
         Circuit.from_yaml("circuits")
     with pytest.raises(BabybearError, match=r"is a directory, not a circuit file; it holds no .yaml file"):
         Circuit.from_yaml(Path(tmp_path))
