@@ -129,9 +129,9 @@ def test_set_params_with_sklearn_style_names():
 
 def test_set_params_rebuilds_the_node_so_what_it_built_follows():
     from babybear.nodes.crf import CRFTagger
-    from babybear.nodes.rules import KeywordGate
+    from babybear.nodes.rules import KeywordTagger
 
-    circuit = Circuit().add("rules", KeywordGate()).add("crf", CRFTagger()).add("mama", CapsMamabear())
+    circuit = Circuit().add("rules", KeywordTagger()).add("crf", CRFTagger()).add("mama", CapsMamabear())
     circuit.connect("rules", "crf").connect("crf", "mama")
     assert circuit.node("rules").predict_batch(["acme rocks"])[0].spans == ()
     circuit.set_params(rules__keywords={"ORG": ["acme"]}, crf__window=2, crf__c1=0.5)
