@@ -222,10 +222,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with Scheduler(circuit, args.batch_size) as s:
         results["circuit"], (answers, stats) = measure("circuit", lambda: s.run(texts), texts, tokens, args.price_per_hour, args.repeats)
 
-    units = alone_stats[mama]["texts"]  # every unit (text or chunk of a long one) reaches the mamabear alone
+    units = alone_stats[mama]["texts"]  # every unit (a whole text, or a cut of a long one) reaches the mamabear alone
     results["naive"].update(mamabear_calls_avoided=0.0, mamabear_tokens_avoided=0.0, entity_f1_vs_mamabear=entity_f1(naive_spans, reference))
     results["scheduler"].update(mamabear_calls_avoided=0.0, mamabear_tokens_avoided=0.0, entity_f1_vs_mamabear=1.0)
-    to_mama = [a.node == mama for a in answers]  # a long text counts whole when the mamabear answered any of its chunks
+    to_mama = [a.node == mama for a in answers]  # a long text counts whole when the mamabear answered any of its units
     results["circuit"].update(
         mamabear_calls_avoided=1.0 - stats[mama]["texts"] / max(units, 1),
         mamabear_tokens_avoided=1.0 - sum(n_tokens(t) for t, m in zip(texts, to_mama) if m) / max(tokens, 1),

@@ -15,7 +15,7 @@ is significant, not noise) and at least ``MIN_AUDITED`` babybear answers were au
 of a handful of texts has (almost) no spread (one text: zero width) and would call any single error
 significant. The sampled texts of both strata form a uniform sample of the traffic; with
 every node's output on them they are a CachedRun that ``Circuit.tune(run=...)`` re-tunes on. Texts longer
-than one routing chunk are answered but not sampled.
+than one unit (see babybear.text) are answered but not sampled.
 """
 
 from __future__ import annotations
