@@ -33,7 +33,8 @@ import numpy as np
 from pydantic import Field
 
 from babybear.errors import ArtifactError, BabybearError, NotFittedError
-from babybear.node import Node, Params
+from babybear.node import Node
+from babybear.node import Params as NodeParams
 from babybear.records import clean_text
 from babybear.types import Prediction
 from babybear.nodes import _align, _layers
@@ -44,22 +45,6 @@ _FORMAT = 1
 _CONFIG_FILE = "early_exit.json"
 _WEIGHTS_FILE = "exit_head.safetensors"
 _COLLECT_CHUNK = 1024  # texts per pass of collect()
-
-
-class EarlyExitParams(Params):
-    """Parameters of :class:`EarlyExit`."""
-
-    mamabear: str = Field(description="the name of the mamabear node (an HF token classifier) in the circuit")
-    layer: int = Field(ge=1, description="exit after this many of the mamabear's layers (1 .. layers - 1)")
-    head: Literal["layernorm", "linear"] = Field("layernorm", description="layer norm + linear, or linear alone")
-    epochs: int = Field(30, ge=1)
-    words_per_step: int = Field(256, ge=1, description="training batch, in words")
-    lr: float = Field(3e-3, gt=0)
-    distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
-    soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss")
-    early_stopping_patience: int = Field(3, ge=0, description="epochs without held-out improvement before stopping")
-    decoding: Literal["viterbi", "argmax"] = "viterbi"
-    seed: int = 0
 
 
 @dataclass
@@ -305,9 +290,21 @@ class EarlyExit(Node):
     Learned state: ``head_`` (torch module), ``labels_``, ``temperature_``, ``restart_rate_``, ``report_``.
     """
 
-    Params: ClassVar[type[Params]] = EarlyExitParams
+    class Params(NodeParams):
+        mamabear: str = Field(description="the name of the mamabear node (an HF token classifier) in the circuit")
+        layer: int = Field(ge=1, description="exit after this many of the mamabear's layers (1 .. layers - 1)")
+        head: Literal["layernorm", "linear"] = Field("layernorm", description="layer norm + linear, or linear alone")
+        epochs: int = Field(30, ge=1)
+        words_per_step: int = Field(256, ge=1, description="training batch, in words")
+        lr: float = Field(3e-3, gt=0)
+        distill_temperature: float = Field(2.0, gt=0, description="softens the mamabear's token distributions")
+        soft_weight: float = Field(0.5, ge=0, le=1, description="weight of the soft-label loss")
+        early_stopping_patience: int = Field(3, ge=0, description="epochs without held-out improvement before stopping")
+        decoding: Literal["viterbi", "argmax"] = "viterbi"
+        seed: int = 0
+
     role: ClassVar[Literal["babybear", "mamabear"]] = "babybear"
-    params: EarlyExitParams
+    params: EarlyExit.Params
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -642,7 +639,7 @@ class EarlyExit(Node):
             config = json.loads((path / _CONFIG_FILE).read_text(encoding="utf-8"))
             if config.get("format") != _FORMAT:
                 raise ArtifactError(f"{path / _CONFIG_FILE}: written by an incompatible version of EarlyExit")
-            params = EarlyExitParams(**config["params"])
+            params = self.Params(**config["params"])
             labels = [str(label) for label in config["labels"]]
             temperature, rate = float(config["temperature"]), float(config["restart_rate"])
             report = dict(config["report"])
