@@ -73,12 +73,13 @@ class Circuit(Structure):
         *,
         seed: int = 0,
         fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        max_heldout: int | None = warmup.MAX_HELDOUT,
         block: int = 64,
         batch_size: int = 256,
         progress: bool = True,
     ) -> Circuit:
         """Warm up on unlabeled ``texts`` and tune the thresholds (see :func:`babybear.warmup.fit`); returns self."""
-        warmup.fit(self, texts, seed=seed, fractions=fractions, block=block, batch_size=batch_size, progress=progress)
+        warmup.fit(self, texts, seed=seed, fractions=fractions, max_heldout=max_heldout, block=block, batch_size=batch_size, progress=progress)
         return self.tune()
 
     def fit_gates(self) -> Circuit:

@@ -383,6 +383,19 @@ def test_tune_switches_off_a_node_that_does_not_pay(fitted):
         circuit.tune(costs={"middle": -1.0})
 
 
+def test_a_large_stream_gives_the_held_out_parts_at_most_max_heldout_texts_and_the_rest_to_the_babybears(toy_circuit):
+    from babybear.warmup import split_sizes
+
+    assert split_sizes(30_000, (0.6, 0.2, 0.2), 3000) == (24_000, 3000)  # tuning: the last 3,000
+    assert split_sizes(10_000, (0.6, 0.2, 0.2), 3000) == (6000, 2000)  # the cap does not bind
+    assert split_sizes(30_000, (0.6, 0.2, 0.2), None) == (18_000, 6000)
+    toy_circuit.fit(synthetic_texts(600), max_heldout=50, progress=False)
+    part = toy_circuit.report_["warm_up"]
+    assert (part["calibration"], part["tuning"]) == (50, 50) and part["train"] == part["units"] - 100
+    with pytest.raises(BabybearError, match="max_heldout must be at least 10"):
+        toy_circuit.fit(synthetic_texts(600), max_heldout=5, progress=False)
+
+
 def test_tune_keeps_the_nodes_it_is_told_off_and_prices_the_circuit_without_them(fitted):
     from babybear import register_node
 
