@@ -102,8 +102,11 @@ def naive_spacy(model: str) -> Callable[[Sequence[str]], list[tuple[Span, ...]]]
 def naive_hf(folder: str, device: str) -> Callable[[Sequence[str]], list[tuple[Span, ...]]]:
     from transformers import pipeline
 
-    pipe = pipeline("token-classification", model=folder, aggregation_strategy="simple", device=0 if device == "cuda" else -1)
-    say(f"  naive path: transformers.pipeline('token-classification', aggregation_strategy='simple', device={device})")
+    # "first": a word takes its first subword's label, as babybear's HF nodes decode and as token classifiers are
+    # usually trained ("simple" labels every subword alone: 0.94 entity-F1 against the same model's word labels
+    # on mpnet-news-ner, "first" 0.997)
+    pipe = pipeline("token-classification", model=folder, aggregation_strategy="first", device=0 if device == "cuda" else -1)
+    say(f"  naive path: transformers.pipeline('token-classification', aggregation_strategy='first', device={device})")
 
     def run(texts: Sequence[str]) -> list[tuple[Span, ...]]:
         out = pipe(list(texts))
