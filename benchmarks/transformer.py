@@ -15,7 +15,8 @@ For each: texts/s, tokens/s (whitespace tokens), wall-time ratio against (b), ma
 avoided, mamabear layer-tokens avoided (a sentence that leaves at exit@k used k of the 12 layers), entity-F1
 against (b), and the simulator's figures on the same texts from every node's cached answers (they must equal the
 live ones). Then the same tuned circuits on WNUT-16 tweets, a domain they were not fitted on, against the mamabear
-on them; and the exits' decision rules (``babybear.tuning.exit_rules``: the joint optimizer, one shared threshold,
+on them, with what an audit of ``--audit-fraction`` of the babybears' answers there reports (does it raise the
+drift alarm?); and the exits' decision rules (``babybear.tuning.exit_rules``: the joint optimizer, one shared threshold,
 PABEE's patience) chosen on the held-out tuning rows and scored on the BBC test texts. Writes JSON and a plot.
 
     python benchmarks/transformer.py                       # ~40 minutes on 2 CPU cores (the fit is most of it)
@@ -44,6 +45,7 @@ from babybear.metrics import entity_f1
 from babybear.nodes.mamabear_hf import HFTokenClassifier
 from babybear.scheduler import Scheduler
 from babybear.text import n_tokens
+from babybear.tuning.audit import Audit
 from babybear.types import Prediction
 
 SHAPES = {"cascade": ["exit3", "exit6"], "exits": ["rules", "crf", "student"], "both": []}
@@ -218,10 +220,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "simulated": {"entity_f1_vs_mamabear": sim["f1"], "mamabear_calls_avoided": sim["mamabear_calls_avoided"], "answered": sim["answered"]},
                 "out_of_domain": figures(circuit, ood, ood_answers, ood_ref, ood_units, ood_stats),
             }
+            audit = Audit(circuit, fraction=args.audit_fraction, batch_size=args.batch_size, seed=args.seed)
+            audit(ood)
+            audit.flush()
+            circuits[key]["out_of_domain"]["audit"] = audit.report()
             c = circuits[key]
             say(f"  {key}: F1 {c['entity_f1_vs_mamabear']:.4f}, calls avoided {c['mamabear_calls_avoided']:.1%}, tokens avoided "
                 f"{c['mamabear_tokens_avoided']:.1%}, layer-tokens avoided {c['mamabear_layer_tokens_avoided']:.1%}, wall {c['wall_time_ratio_vs_scheduler']:.2f} "
-                f"of (b); WNUT F1 {c['out_of_domain']['entity_f1_vs_mamabear']:.4f}")
+                f"of (b); WNUT F1 {c['out_of_domain']['entity_f1_vs_mamabear']:.4f}, audit alarm {c['out_of_domain']['audit']['alarm']}")
     rules = decision_rules(circuit, test_cache, args.budgets, costs)
     return {
         "command": " ".join(["python", "benchmarks/transformer.py", *sys.argv[1:]]),
@@ -308,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--price-per-hour", type=float, default=0.085)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audit-fraction", type=float, default=0.1, help="share of the out-of-domain texts the babybears answer that an audit checks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/transformer.json"))
     parser.add_argument("--fit-only", action="store_true", help="fit (or find) the circuit in --folder and stop: fit on a busy machine, time on a quiet one")
     args = parser.parse_args(argv)
