@@ -16,7 +16,7 @@ from babybear import Circuit, register_node
 from babybear.doors.cli import main
 from tests.conftest import CapsMamabear, Memorizer, synthetic_texts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_stream_answers_its_first_texts_before_reading_far_ahead(toy_circuit):
@@ -67,7 +67,7 @@ def run(folder: Path, source: Path, output: Path, *flags: str) -> int:
 def test_a_killed_run_leaves_whole_lines_and_resume_finishes_it_as_one_run_would(folder, tmp_path):
     source, killed, whole = tmp_path / "in.jsonl", tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
     source.write_text(corpus(2000), encoding="utf-8")
-    code = f"import sys, tests.test_run_resume; from babybear.doors.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(source)!r}, '--output', {str(killed)!r}, '--quiet']))"
+    code = f"import sys, tests.circuit.doors.test_run_resume; from babybear.doors.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(source)!r}, '--output', {str(killed)!r}, '--quiet']))"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while proc.poll() is None and not (killed.exists() and killed.stat().st_size) and time.monotonic() < deadline:

@@ -96,7 +96,7 @@ def test_the_ray_engine_reads_lines_as_run_does(folder, tmp_path):
 
     data = b'\xef\xbb\xbf{"id": "a", "text": "x \\ud800 met Alice"}\n' + BREAKS.encode() + b"bad \xff met Bob\r\n\nlast"
     assert len(run_file(folder, tmp_path, data)) == 6
-    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}, "worker_process_setup_hook": f"{__name__}.register_toy_nodes"}
+    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).parents[3])}, "worker_process_setup_hook": f"{__name__}.register_toy_nodes"}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env=env)
     try:
         summary = run_dataset(folder, tmp_path / "in.txt", tmp_path / "ray.jsonl")
@@ -202,7 +202,7 @@ def test_a_reader_that_goes_away_ends_run_quietly(folder, tmp_path):
     inp.write_text("\n".join(synthetic_texts(3000)), encoding="utf-8")
     code = f"import sys, tests.conftest; from babybear.doors.cli import main; sys.exit(main(['run', {str(folder)!r}, '--input', {str(inp)!r}]))"
     cmd = [sys.executable, "-c", code]  # tests.conftest registers the fake nodes in that process
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
     proc.stdout.close()  # as `| head` does once it has what it wants
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken pipe" not in err

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from babybear.doors.ray_engine import _cpu_plan, run_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}, "worker_process_setup_hook": "tests.test_ray.register_toy_nodes"}
+ROOT = Path(__file__).resolve().parents[3]
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(ROOT)}, "worker_process_setup_hook": "tests.circuit.doors.test_ray.register_toy_nodes"}
 TWO_NODES_SECONDS = 240  # the job's time limit on the two-node cluster: a stalled job fails instead of hanging
 
 
@@ -180,7 +180,7 @@ def test_a_cluster_whose_cpus_the_actors_fill_still_reads_its_input(circuit_dir,
     source = tmp_path / "in.txt"
     source.write_text("\n".join(test[:500]) + "\n", encoding="utf-8")
     assert main(["run", str(circuit_dir), "--input", str(source), "--output", str(tmp_path / "local.jsonl")]) == 0
-    call = "import sys; from tests.test_ray import run_on_two_nodes; run_on_two_nodes(*sys.argv[1:4], float(sys.argv[4]))"
+    call = "import sys; from tests.circuit.doors.test_ray import run_on_two_nodes; run_on_two_nodes(*sys.argv[1:4], float(sys.argv[4]))"
     args = [sys.executable, "-c", call, str(circuit_dir), str(source), str(tmp_path / "ray.jsonl"), str(TWO_NODES_SECONDS)]
     env = {**os.environ, "RAY_ENABLE_AUTO_CONNECT": "0"}  # a stalled job's executor must not start Ray again
     child = subprocess.Popen(

@@ -14,7 +14,7 @@ from babybear.heldout import Heldout
 from babybear.nodes import _layers
 from babybear.nodes.early_exit import EarlyExit
 from babybear.nodes.mamabear_hf import HFTokenClassifier
-from tests.test_early_exit import ID2LABEL, sentences, tiny_model, tiny_tokenizer
+from tests.nodes.test_early_exit import ID2LABEL, sentences, tiny_model, tiny_tokenizer
 
 torch = pytest.importorskip("torch")
 L = 4

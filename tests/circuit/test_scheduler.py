@@ -16,7 +16,7 @@ from babybear.node import Gate
 from babybear.errors import BabybearError
 from babybear.scheduler import Scheduler, is_out_of_memory, micro_batches
 
-from .conftest import CapsMamabear, FragileMemorizer, Memorizer, synthetic_texts
+from tests.conftest import CapsMamabear, FragileMemorizer, Memorizer, synthetic_texts
 
 
 class FakeOOM(RuntimeError):
@@ -131,7 +131,7 @@ def test_a_text_a_babybear_fails_on_goes_on_to_the_mamabear(caplog):
 
 
 def test_stream_errors_name_a_text_by_its_position_in_the_whole_input():
-    from .conftest import FragileMamabear
+    from tests.conftest import FragileMamabear
 
     circuit = fitted(FragileMamabear(), Memorizer())
     circuit.set_thresholds({("memo", "mama"): 1.0})  # everything reaches the mamabear

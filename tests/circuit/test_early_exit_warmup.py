@@ -10,8 +10,8 @@ import pytest
 from babybear import BabybearError, Circuit
 from babybear.nodes import _layers
 from babybear.nodes.early_exit import EarlyExit, collect
-from tests.test_early_exit import sentences
-from tests.test_early_exit_circuit import exit_circuit
+from tests.nodes.test_early_exit import sentences
+from tests.circuit.test_early_exit_circuit import exit_circuit
 
 torch = pytest.importorskip("torch")
 

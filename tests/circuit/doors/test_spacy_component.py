@@ -15,7 +15,7 @@ from babybear import ArtifactError, BabybearError, Circuit
 from babybear.doors.spacy_component import BabybearNER
 from tests.conftest import synthetic_texts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TEXTS = ["yesterday Bob met Alice near the river, story 7", "later Zebulon1 spoke with Carol at home", "the weather was fine"]
 
 
