@@ -19,7 +19,7 @@ on them, with what an audit of ``--audit-fraction`` of the babybears' answers th
 drift alarm?); and the exits' decision rules (``babybear.tuning.exit_rules``: the joint optimizer, one shared threshold,
 PABEE's patience) chosen on the held-out tuning rows and scored on the BBC test texts. Writes JSON and a plot.
 
-    python benchmarks/transformer.py                       # ~40 minutes on 2 CPU cores (the fit is most of it)
+    python benchmarks/transformer.py                       # ~25 minutes on 2 quiet CPU cores (the fit ~11 of them)
     python benchmarks/transformer.py --train 400 --test 60 --ood 40 --folder /tmp/tr-smoke --out /tmp/tr-smoke.json
 """
 
