@@ -92,6 +92,14 @@ def best_threshold(
     return out
 
 
+def timed_predict(node, texts: list[str]) -> tuple[list[Prediction], float]:
+    """``node``'s answers to ``texts`` and the seconds they took, after a few untimed texts (first calls pay one-off costs)."""
+    node.predict_batch(texts[:8])
+    start = time.perf_counter()
+    preds = node.predict_batch(texts)
+    return preds, time.perf_counter() - start
+
+
 def md_seconds_per_token(md, texts: list[str]) -> float:
     """md's cost, timed next to the babybears' (on a shared machine the load changes from minute to minute)."""
     start = time.perf_counter()
@@ -136,11 +144,7 @@ def run_lever(
     for n in topo.order:
         if n == mama:
             continue
-        node = circuit.node(n)
-        node.predict_batch(ho[:8])
-        start = time.perf_counter()
-        preds[n] = node.predict_batch(ho)
-        seconds = time.perf_counter() - start
+        preds[n], seconds = timed_predict(circuit.node(n), ho)
         costs[n] = seconds / tokens.sum()
         out[f"{n}_ms_per_sentence"] = 1000 * seconds / len(ho)
     costs[mama] = (costs[mama] + md_seconds_per_token(md, ho[:500])) / 2  # before and after the babybears

@@ -56,7 +56,7 @@ from babybear.progress import track
 from babybear.routing import CachedRun
 from babybear.text import n_tokens
 from babybear.types import Prediction, Span
-from crf_levers import best_threshold, labelled_train, md_seconds_per_token, roc_auc
+from crf_levers import best_threshold, labelled_train, md_seconds_per_token, roc_auc, timed_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = ("nlp-corpus", "books", "emails", "kjv")
@@ -202,10 +202,7 @@ def run_setting(spec: str, pools: dict, held: tuple, evals: dict, costs: dict | 
         if n == mama:
             continue
         node = circuit.node(n)
-        node.predict_batch(ho[:8])
-        start = time.perf_counter()
-        all_preds["held"][n] = node.predict_batch(ho)
-        seconds = time.perf_counter() - start
+        all_preds["held"][n], seconds = timed_predict(node, ho)
         measured[n] = seconds / sum(n_tokens(t) for t in ho)
         row[f"{n}_ms_per_sentence"] = 1000 * seconds / len(ho)
         for k, (et, _) in evals.items():
